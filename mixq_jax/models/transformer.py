@@ -1,0 +1,124 @@
+"""The decoder: embedding -> N family blocks -> final norm -> LM head, plus HF weight mapping.
+
+Shape letters: B batch, T tokens in this call, S cache slots, D hidden, V vocab.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixq_jax.config import ModelConfig
+from mixq_jax.layers import QuantDense
+from mixq_jax.models import common, falcon, llama
+
+_FAMILIES = {"llama": llama, "falcon": falcon}
+_BLOCKS = {"llama": llama.LlamaBlock, "falcon": falcon.FalconBlock}
+
+
+class Transformer(nn.Module):
+  """Causal LM. __call__(tokens [B, T], positions [B, T], cache=None, start=0, last_only=False)
+  returns (logits [B, T or 1, V] float32, new cache or None).
+
+  positions: index of each token in its own sequence, -1 for padding. With a cache, the T new
+  tokens are written at cache slots [start, start + T) and attend to every earlier slot.
+  """
+
+  cfg: ModelConfig
+  param_dtype: Any = jnp.bfloat16
+  impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, tokens, positions, cache: common.Cache | None = None, start=0, last_only: bool = False):
+    c = self.cfg
+    embed = self.param("embed", nn.initializers.normal(0.02), (c.vocab_size, c.hidden_size), self.param_dtype)
+    x = jnp.take(embed, tokens, axis=0)  # [B, T, D]
+    cache_pos = None if cache is None else common.update_cache_pos(cache, positions, start)
+    new_layers = []
+    block_cls = _BLOCKS[c.family]
+    for i in range(c.num_layers):
+      layer_cache = None if cache is None else cache["layers"][i]
+      x, lc = block_cls(c, i, self.param_dtype, self.impl, name=f"layers_{i}")(x, positions, layer_cache, cache_pos, start)
+      new_layers.append(lc)
+    x = common.make_norm(c, self.param_dtype, "final_norm")(x)
+    if last_only:
+      x = x[:, -1:]
+    if c.tie_word_embeddings:
+      logits = jnp.einsum("btd,vd->btv", x, embed.astype(x.dtype), preferred_element_type=jnp.float32)
+    else:
+      logits = QuantDense(c.vocab_size, False, self.param_dtype, self.impl, name="lm_head")(x)
+    new_cache = None if cache is None else {"pos": cache_pos, "layers": new_layers}
+    return logits.astype(jnp.float32), new_cache
+
+
+def expected_hf_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+  """Every HF tensor name the model needs, with its shape."""
+  fam = _FAMILIES[cfg.family]
+  out: dict[str, tuple[int, ...]] = {fam.HF_TOP["embed"]: (cfg.vocab_size, cfg.hidden_size)}
+  layer = fam.hf_layer_names(cfg)
+  for i in range(cfg.num_layers):
+    out |= {f"{fam.HF_PREFIX}{i}.{k}": v for k, v in layer.items()}
+  for suffix in ("weight", "bias") if cfg.norm == "layer" else ("weight",):
+    out[_final_norm_name(cfg, suffix)] = (cfg.hidden_size,)
+  if not cfg.tie_word_embeddings:
+    out[fam.HF_TOP["lm_head"]] = (cfg.vocab_size, cfg.hidden_size)
+  return out
+
+
+def _final_norm_name(cfg: ModelConfig, suffix: str) -> str:
+  base = _FAMILIES[cfg.family].HF_TOP["final_norm"]
+  return base if base.endswith(suffix) else f"{base.rsplit('.weight', 1)[0]}.{suffix}"
+
+
+def check_hf_tensors(cfg: ModelConfig, tensors: dict[str, Any]) -> None:
+  """Raises ValueError naming every missing, unexpected or mis-shaped tensor."""
+  expected = expected_hf_tensors(cfg)
+  # Tied checkpoints sometimes still carry a copy of the head; it is redundant, not an error.
+  ignorable = {_FAMILIES[cfg.family].HF_TOP["lm_head"]} if cfg.tie_word_embeddings else set()
+  missing = sorted(set(expected) - set(tensors))
+  extra = sorted(set(tensors) - set(expected) - ignorable)
+  bad = [f"{k}: expected {expected[k]}, got {tuple(tensors[k].shape)}"
+         for k in sorted(set(expected) & set(tensors)) if tuple(tensors[k].shape) != expected[k]]
+  problems = []
+  if missing:
+    problems.append(f"missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)} in all)")
+  if extra:
+    problems.append(f"unexpected tensors {extra[:8]}{' ...' if len(extra) > 8 else ''} ({len(extra)} in all)")
+  if bad:
+    problems.append("mis-shaped tensors " + "; ".join(bad[:8]))
+  if problems:
+    raise ValueError(f"weights do not match the {cfg.model_type} config: " + " | ".join(problems))
+
+
+def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype=jnp.bfloat16) -> dict[str, Any]:
+  """Maps HF-named tensors (HF layouts) to the Flax parameter tree, checking names and shapes."""
+  check_hf_tensors(cfg, tensors)
+  fam = _FAMILIES[cfg.family]
+  cast = lambda a: jnp.asarray(np.asarray(a, np.float32), dtype)
+  params: dict[str, Any] = {"embed": cast(tensors[fam.HF_TOP["embed"]])}
+  layer_names = fam.hf_layer_names(cfg)
+  for i in range(cfg.num_layers):
+    layer: dict[str, Any] = {}
+    for rel in layer_names:
+      *path, leaf = rel.split(".")
+      node = layer
+      for p in path:
+        node = node.setdefault(p, {})
+      node[leaf] = cast(tensors[f"{fam.HF_PREFIX}{i}.{rel}"])
+    params[f"layers_{i}"] = layer
+  params["final_norm"] = {s: cast(tensors[_final_norm_name(cfg, s)])
+                          for s in (("weight", "bias") if cfg.norm == "layer" else ("weight",))}
+  if not cfg.tie_word_embeddings:
+    params["lm_head"] = {"weight": cast(tensors[fam.HF_TOP["lm_head"]])}
+  return params
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, dtype=jnp.bfloat16) -> dict[str, Any]:
+  """Random parameters (for tests and benchmarks); layout identical to params_from_hf."""
+  model = Transformer(cfg, dtype)
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  return jax.jit(model.init)(rng, tokens, tokens)["params"]
