@@ -25,6 +25,7 @@ import numpy as np
 
 from mixq_jax.models import common
 from mixq_jax.models.transformer import Transformer
+from mixq_jax.runtime import apply_model
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -61,45 +62,51 @@ def sample(logits: jax.Array, key: jax.Array, sc: SamplingConfig) -> jax.Array:
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-def prefill(model: Transformer, params, tokens, positions, cache):
-  """tokens, positions [B, P] (left-padded, pad position -1) -> (last logits [B, V], cache)."""
-  logits, cache = model.apply({"params": params}, tokens, positions, cache, 0, last_only=True)
-  return logits[:, -1], cache
+def prefill(model: Transformer, variables, tokens, positions, cache, *, detect: bool = False):
+  """tokens, positions [B, P] (left-padded, pad position -1) -> (last logits [B, V], cache, variables)."""
+  (logits, cache), variables = apply_model(model, variables, tokens, positions, cache, 0, last_only=True,
+                                           detect=detect)
+  return logits[:, -1], cache, variables
 
 
-def decode_step(model: Transformer, params, token, position, cache, slot):
-  """One token per row: token, position [B] written at cache slot `slot` -> (logits [B, V], cache)."""
-  logits, cache = model.apply({"params": params}, token[:, None], position[:, None], cache, slot)
-  return logits[:, 0], cache
+def decode_step(model: Transformer, variables, token, position, cache, slot, *, detect: bool = False):
+  """One token per row: token, position [B] written at cache slot `slot` -> (logits [B, V], cache, variables)."""
+  (logits, cache), variables = apply_model(model, variables, token[:, None], position[:, None], cache, slot,
+                                           detect=detect)
+  return logits[:, 0], cache, variables
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sc", "eos_ids", "cache_dtype"))
-def _generate_jit(model, params, tokens, positions, key, *, max_new_tokens, sc, eos_ids, cache_dtype):
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sc", "eos_ids", "cache_dtype",
+                                             "detect_calls"))
+def _generate_jit(model, variables, tokens, positions, key, *, max_new_tokens, sc, eos_ids, cache_dtype,
+                  detect_calls=0):
+  """Prefill + decode loop. The first `detect_calls` model calls run with outlier detection
+  (unrolled), the rest in a lax.while_loop with the outlier sets frozen."""
   b, p = tokens.shape
   cache = common.init_cache(model.cfg, b, p + max_new_tokens, cache_dtype)  # allocated on device, in the jit
   eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
-  logits, cache = prefill(model, params, tokens, positions, cache)
+  pad_tok = eos_ids[0] if eos_ids else 0
+  logits, cache, variables = prefill(model, variables, tokens, positions, cache, detect=detect_calls > 0)
   key, sub = jax.random.split(key)
   first = sample(logits, sub, sc)
   out = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
   done = jnp.isin(first, eos)
   next_pos = jnp.max(positions, axis=1) + 1  # [B]
 
-  def cond(state):
-    i, _, _, done, _, _ = state
-    return (i < max_new_tokens) & ~jnp.all(done)
-
-  def body(state):
-    i, out, cache, done, pos, key = state
-    logits, cache = decode_step(model, params, out[:, i - 1], pos, cache, p + i - 1)
+  def body(state, detect=False):
+    i, out, cache, variables, done, pos, key = state
+    logits, cache, variables = decode_step(model, variables, out[:, i - 1], pos, cache, p + i - 1, detect=detect)
     key, sub = jax.random.split(key)
-    tok = sample(logits, sub, sc)
-    tok = jnp.where(done, eos[0] if eos_ids else 0, tok)
+    tok = jnp.where(done, pad_tok, sample(logits, sub, sc))
     out = out.at[:, i].set(tok)
-    return i + 1, out, cache, done | jnp.isin(tok, eos), pos + 1, key
+    return i + 1, out, cache, variables, done | jnp.isin(tok, eos), pos + 1, key
 
-  i, out, _, done, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), out, cache, done, next_pos, key))
-  return out, i
+  state = (jnp.int32(1), out, cache, variables, done, next_pos, key)
+  for _ in range(min(max(detect_calls - 1, 0), max_new_tokens - 1)):
+    state = body(state, detect=True)
+  state = jax.lax.while_loop(lambda s: (s[0] < max_new_tokens) & ~jnp.all(s[4]), body, state)
+  i, out, _, variables, _, _, _ = state
+  return out, i, variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,10 +144,13 @@ def generate(lm, prompts: Sequence[str] | Sequence[Sequence[int]], *, max_new_to
     positions[r, p_pad - len(x):] = np.arange(len(x))
   eos_ids = tuple(lm.config.eos_token_ids) if stop_on_eos else ()
   t0 = time.perf_counter()
-  out, steps = _generate_jit(lm.model, lm.params, jnp.asarray(tokens), jnp.asarray(positions),
-                             jax.random.PRNGKey(seed), max_new_tokens=max_new_tokens, sc=sampling, eos_ids=eos_ids,
-                             cache_dtype=lm.compute_dtype)
-  out = np.asarray(out)[:, :int(steps)]
+  detect = lm.detect_left()
+  out, steps, lm.variables = _generate_jit(lm.model, lm.variables, jnp.asarray(tokens), jnp.asarray(positions),
+                                           jax.random.PRNGKey(seed), max_new_tokens=max_new_tokens, sc=sampling,
+                                           eos_ids=eos_ids, cache_dtype=lm.compute_dtype, detect_calls=detect)
+  steps = int(steps)
+  lm.calls += steps  # one prefill + (steps - 1) decode calls
+  out = np.asarray(out)[:, :steps]
   seconds = time.perf_counter() - t0
   token_ids = []
   for row in out.tolist():

@@ -1,47 +1,227 @@
-"""QuantDense: the one linear layer every model projection goes through.
+"""The quantized linear layer and its activation "sites".
 
-Weights are stored in the HF layout W [N, K] (N outputs, K inputs), which is also the K-major layout
-the int8 tensor-core kernels want, so quantized schemes keep the same orientation. Today the layer
-holds a dense weight (bf16 or fp32); quantized schemes give it other parameter sets and route the
-product through `qmatmul`, the single dispatch point with an XLA fallback.
+Every projection of every model is a `QuantDense`; each group of projections that reads the same
+activation (q/k/v, gate/up, o, down, the head) has one `ActQuant` site in front of it, which turns
+the activation into what the group's scheme needs (nothing, per-token int8, int8 + outlier split)
+exactly once. Weights keep the HF orientation W [N, K] (K-major, what the int8 tensor-core kernels
+want). `qmatmul` is the single dispatch point: impl="pallas" runs the Pallas kernels, "interpret"
+runs them in Pallas interpret mode, "xla" runs their plain-jnp references (same function).
+
+Shape letters: M = B*T tokens, K inputs, N outputs, C outlier capacity.
 """
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mixq_jax import pallas_kernels as pk
+from mixq_jax.schemes import ACT_KIND, LayerQuant
+
 Array = jax.Array
+BF16 = LayerQuant()
 
 
-def qmatmul(x: Array, params: dict[str, Array], *, impl: str = "xla") -> Array:
-  """y = x Wᵀ (+ b) for the parameter set of one layer.
+class QAct(NamedTuple):
+  """A site's activation, prepared for its scheme (fields unused by a scheme are None)."""
+  x: Array  # [M, K] (K padded to a multiple of 16 for int8 schemes)
+  x_q: Array | None = None  # [M, K] int8, outlier columns zeroed
+  s_x: Array | None = None  # [M] float32 per-token scale
+  x_o: Array | None = None  # [M, C] bf16 outlier columns
+  idx: Array | None = None  # [C] int32 outlier column indices
+  count: Array | None = None  # [] int32 valid entries of idx
+  calib_count: Array | None = None  # [] int32 leading entries of idx whose 16-bit weights are stored
 
-  x: [..., K]; params["weight"]: [N, K]; optional params["bias"]: [N]. Returns [..., N] in x.dtype.
-  `impl` selects the backend for quantized parameter sets (xla | pallas | interpret); the dense
-  path is always XLA.
+
+def _round16(n: int) -> int:
+  return -(-n // 16) * 16
+
+
+def _pad_to(a: Array, axis: int, size: int) -> Array:
+  if a.shape[axis] == size:
+    return a
+  pad = [(0, 0)] * a.ndim
+  pad[axis] = (0, size - a.shape[axis])
+  return jnp.pad(a, pad)
+
+
+def _kernels(impl: str):
+  """(quantize_act, w8a8, w8a8o16, w8a16, extra kwargs) for an impl."""
+  if impl == "xla":
+    return (pk.quantize_act_reference, pk.w8a8_matmul_reference, pk.w8a8o16_matmul_reference,
+            pk.w8a16_matmul_reference, {})
+  if impl in ("pallas", "interpret"):
+    return pk.quantize_act, pk.w8a8_matmul, pk.w8a8o16_matmul, pk.w8a16_matmul, {"interpret": impl == "interpret"}
+  raise ValueError(f"impl={impl!r} must be one of xla, pallas, interpret")
+
+
+def outlier_weight_columns(params: dict[str, Array], qa: QAct) -> Array:
+  """16-bit weight columns [N, C] for the outlier set: stored 16-bit columns for the calibration
+  slots (mix8), and the dequantized int8 columns for slots added later (and for llm_int8)."""
+  w_q, s_w = params["w_q"], params["s_w"]
+  deq = (w_q[:, qa.idx].astype(jnp.float32) * s_w[:, None]).astype(jnp.bfloat16)  # [N, C]
+  if "w_o" not in params:
+    return deq
+  slots = jnp.arange(qa.idx.shape[0])
+  return jnp.where((slots < qa.calib_count)[None, :], params["w_o"].astype(jnp.bfloat16), deq)
+
+
+def qmatmul(qa: QAct, params: dict[str, Array], lq: LayerQuant, *, impl: str = "xla") -> Array:
+  """y [M, N] = the scheme's approximation of x Wᵀ (+ b), in the dtype of qa.x."""
+  out_dtype = qa.x.dtype
+  bias = params.get("bias")
+  if lq.scheme in ("bf16", "fp32"):
+    w = params["weight"]
+    k = w.shape[1]
+    y = jnp.einsum("mk,nk->mn", qa.x[:, :k], w.astype(out_dtype), preferred_element_type=jnp.float32)
+    if bias is not None:
+      y = y + bias.astype(jnp.float32)
+    return y.astype(out_dtype)
+
+  quant_act, w8a8, w8a8o16, w8a16, kw = _kernels(impl)
+  w_q, s_w = params["w_q"], params["s_w"]
+  n, k = w_q.shape
+  np_, kp = _round16(n), _round16(k)  # the kernels need multiples of 16: zero-pad (exact)
+  w_qp, s_wp = _pad_to(_pad_to(w_q, 1, kp), 0, np_), _pad_to(s_w, 0, np_)
+  bias_p = None if bias is None else _pad_to(bias.astype(jnp.float32), 0, np_)
+  if lq.scheme == "w8a16":
+    x16 = _pad_to(qa.x, 1, kp)
+    if x16.dtype not in (jnp.bfloat16, jnp.float16):
+      x16 = x16.astype(jnp.bfloat16)
+    y = w8a16(x16, w_qp, s_wp, bias_p, out_dtype=out_dtype, **kw)
+  elif lq.scheme == "w8a8":
+    y = w8a8(qa.x_q, qa.s_x, w_qp, s_wp, bias_p, out_dtype=out_dtype, **kw)
+  elif lq.scheme in ("llm_int8", "mix8"):
+    w_o = _pad_to(outlier_weight_columns(params, qa), 0, np_)
+    y = w8a8o16(qa.x_q, qa.s_x, w_qp, s_wp, qa.x_o, w_o, qa.count, bias_p, out_dtype=out_dtype, **kw)
+  else:
+    raise ValueError(f"scheme {lq.scheme!r} has no matmul")
+  return y[:, :n]
+
+
+def _randint8(key, shape, dtype=jnp.int8):
+  return jax.random.randint(key, shape, -127, 128, jnp.int32).astype(dtype)
+
+
+def _scales(key, shape, dtype=jnp.float32):
+  return (0.02 / 127) * (1.0 + jax.random.uniform(key, shape, dtype))
+
+
+class ActQuant(nn.Module):
+  """One activation site. __call__(x [B, T, K], valid [B, T] bool, detect) -> QAct with M = B*T.
+
+  mix8 (MixQ online prediction): the outlier set (`outliers` collection: idx [C], count,
+  calib_count) starts as the calibration set; while `detect` is on (the model's first calls),
+  non-outlier columns with |x| > threshold on valid tokens are appended up to the capacity C,
+  and this call already uses the enlarged set. With detect off nothing is checked.
   """
-  del impl  # Dense weights have a single (XLA) implementation.
-  w = params["weight"]
-  y = jnp.einsum("...k,nk->...n", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
-  if "bias" in params:
-    y = y + params["bias"].astype(jnp.float32)
-  return y.astype(x.dtype)
+
+  lq: LayerQuant = BF16
+  impl: str = "xla"
+  calibrate: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, valid: Array, detect: bool = False) -> QAct:
+    b, t, k = x.shape
+    x2 = x.reshape(b * t, k)
+    vmask = valid.reshape(b * t, 1)
+    if self.calibrate:
+      a = jnp.where(vmask, jnp.abs(x2.astype(jnp.float32)), 0.0)
+      self.sow("calib", "absmax", a.max(axis=0))
+      self.sow("calib", "abssum", a.sum(axis=0))
+      self.sow("calib", "count", vmask.sum())
+    kind = ACT_KIND[self.lq.scheme]
+    if kind is None:
+      return QAct(x=x2)
+    if self.lq.smooth:
+      inv = self.param("smooth_inv", nn.initializers.ones, (k,), jnp.float32)
+      x2 = (x2.astype(jnp.float32) * inv).astype(x2.dtype)
+    kp = _round16(k)
+    x2 = _pad_to(x2, 1, kp)
+    quant_act = _kernels(self.impl)[0]
+    kw = {} if self.impl == "xla" else {"interpret": self.impl == "interpret"}
+    if kind == "int8":
+      qa = quant_act(x2, jnp.zeros((0,), jnp.int32), jnp.int32(0), **kw)
+      return QAct(x=x2, x_q=qa.x_q, s_x=qa.s_x)
+    cap = self.lq.capacity
+    absx = jnp.where(vmask, jnp.abs(x2.astype(jnp.float32)), 0.0)
+    if kind == "int8_dynamic":  # LLM.int8: this call's columns with any |x| > threshold
+      colmax = absx.max(axis=0)  # [Kp]
+      hot = colmax > self.lq.threshold
+      idx = _top_idx(jnp.where(hot, colmax, -1.0), cap)
+      count = jnp.minimum(hot.sum(), cap).astype(jnp.int32)
+      calib_count = jnp.int32(0)
+    else:  # mix8
+      idx_v = self.variable("outliers", "idx", jnp.zeros, (cap,), jnp.int32)
+      count_v = self.variable("outliers", "count", lambda: jnp.int32(0))
+      calib_v = self.variable("outliers", "calib_count", lambda: jnp.int32(0))
+      idx, count, calib_count = idx_v.value, count_v.value, calib_v.value
+      if detect:
+        idx, count = detect_outliers(absx, idx, count, self.lq.threshold)
+        if not self.is_initializing():
+          idx_v.value, count_v.value = idx, count
+    qa = quant_act(x2, idx, count, **kw)
+    return QAct(x=x2, x_q=qa.x_q, s_x=qa.s_x, x_o=qa.x_outlier.astype(jnp.bfloat16), idx=idx, count=count,
+                calib_count=calib_count)
+
+
+def _top_idx(scores: Array, c: int) -> Array:
+  """Indices [C] int32 of the largest scores (C may exceed len(scores): zero-padded)."""
+  idx = jax.lax.top_k(scores, min(c, scores.shape[0]))[1].astype(jnp.int32)
+  return jnp.pad(idx, (0, c - idx.shape[0]))
+
+
+def detect_outliers(absx: Array, idx: Array, count: Array, threshold: float) -> tuple[Array, Array]:
+  """Appends to the outlier set (idx [C], count) the non-outlier columns of absx [M, K] whose max
+  exceeds threshold, largest first, up to the capacity C. Returns the new (idx, count)."""
+  c = idx.shape[0]
+  k = absx.shape[1]
+  slots = jnp.arange(c)
+  is_out = jnp.zeros((k,), bool).at[jnp.where(slots < count, idx, k)].set(True, mode="drop")
+  colmax = jnp.where(is_out, 0.0, absx.max(axis=0))
+  new = colmax > threshold
+  cand = _top_idx(jnp.where(new, colmax, -1.0), c)
+  n_add = jnp.minimum(new.sum(), c - count)
+  pos = slots - count
+  take = (pos >= 0) & (pos < n_add)
+  idx = jnp.where(take, cand[jnp.clip(pos, 0, c - 1)], idx)
+  return idx, (count + n_add).astype(jnp.int32)
 
 
 class QuantDense(nn.Module):
-  """Linear layer y = x Wᵀ + b with W [N, K] (HF layout)."""
+  """Linear layer y = x Wᵀ + b, W [N, K], stored as the layer's scheme says:
 
+  bf16/fp32: weight [N, K]; w8a16, w8a8, llm_int8: w_q int8 [N, K] + s_w f32 [N];
+  mix8: also w_o bf16 [N, C] (16-bit weight columns of the calibration outliers); bias [N] if any.
+  Takes a QAct from the layer's site, or a plain array [..., K] for 16-bit-activation schemes.
+  """
+
+  in_features: int  # K
   features: int  # N
   use_bias: bool = False
-  param_dtype: jnp.dtype = jnp.bfloat16
+  param_dtype: Any = jnp.bfloat16
   impl: str = "xla"
+  lq: LayerQuant = BF16
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:  # [..., K] -> [..., N]
-    k = x.shape[-1]
-    params = {"weight": self.param("weight", nn.initializers.normal(0.02), (self.features, k), self.param_dtype)}
+  def __call__(self, qa: QAct | Array) -> Array:  # -> [M, N] (or [..., N] for an array input)
+    lead = None
+    if not isinstance(qa, QAct):
+      lead, qa = qa.shape[:-1], QAct(x=qa.reshape(-1, qa.shape[-1]))
+    n, k, s = self.features, self.in_features, self.lq.scheme
+    params: dict[str, Array] = {}
+    if s in ("bf16", "fp32"):
+      params["weight"] = self.param("weight", nn.initializers.normal(0.02), (n, k), self.param_dtype)
+    else:
+      params["w_q"] = self.param("w_q", _randint8, (n, k))
+      params["s_w"] = self.param("s_w", _scales, (n,))
+      if s == "mix8":
+        params["w_o"] = self.param("w_o", nn.initializers.normal(0.02), (n, self.lq.capacity), jnp.bfloat16)
     if self.use_bias:
-      params["bias"] = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-    return qmatmul(x, params, impl=self.impl)
+      params["bias"] = self.param("bias", nn.initializers.zeros, (n,), self.param_dtype)
+    y = qmatmul(qa, params, self.lq, impl=self.impl)
+    return y if lead is None else y.reshape(*lead, n)
+

@@ -32,7 +32,7 @@ def lm():
   params = init_params(CFG, jax.random.PRNGKey(0), jnp.float32)
   # Larger weights make the random model's next-token distribution peaked and non-trivial.
   params = jax.tree.map(lambda a: a * 8.0 if a.ndim == 2 else a, params)
-  return LoadedModel(CFG, params, _Tok(), jnp.float32, Transformer(CFG, jnp.float32))
+  return LoadedModel(CFG, {"params": params}, _Tok(), jnp.float32, Transformer(CFG, jnp.float32))
 
 
 def test_sample_filters():

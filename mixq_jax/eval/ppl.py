@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from mixq_jax.runtime import apply_model
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -68,13 +70,13 @@ class PplResult:
   n_ctx: int
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _window_nll(model, params, tokens):  # tokens [B, n_ctx] -> mean NLL per window [B]
+@functools.partial(jax.jit, static_argnames=("model", "detect"))
+def _window_nll(model, variables, tokens, detect):  # tokens [B, n_ctx] -> (mean NLL per window [B], variables)
   positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-  logits = model.apply({"params": params}, tokens, positions)[0][:, :-1]
-  logp = jax.nn.log_softmax(logits, axis=-1)
+  (logits, _), variables = apply_model(model, variables, tokens, positions, detect=detect)
+  logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
   nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-  return nll.mean(axis=-1)
+  return nll.mean(axis=-1), variables
 
 
 def perplexity(lm, text: str, *, n_ctx: int = 2048, max_windows: int | None = None, batch_size: int = 1,
@@ -97,7 +99,9 @@ def perplexity(lm, text: str, *, n_ctx: int = 2048, max_windows: int | None = No
     pad = batch_size - len(batch)  # keep one compiled shape for the ragged last batch
     if pad:
       batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
-    nlls.append(np.asarray(_window_nll(lm.model, lm.params, jnp.asarray(batch)))[: batch_size - pad])
+    nll, lm.variables = _window_nll(lm.model, lm.variables, jnp.asarray(batch), detect=lm.detect_left() > 0)
+    lm.calls += 1
+    nlls.append(np.asarray(nll)[: batch_size - pad])
   nll = float(np.concatenate(nlls).astype(np.float64).mean())
   return PplResult(math.exp(nll), nll, n * (n_ctx - 1), n, n_ctx)
 

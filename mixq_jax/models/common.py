@@ -11,7 +11,7 @@ for sliding-window layers), which covers causality, left/right padding and the p
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -19,9 +19,38 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixq_jax.config import ModelConfig, RopeConfig
+from mixq_jax.layers import ActQuant, QuantDense
+from mixq_jax.schemes import QuantPlan
 
 Array = jax.Array
 Cache = dict[str, Any]  # {"pos": [B, S] int32, "layers": [{"k": [B, S, G, Dh], "v": [B, S, G, Dh]}, ...]}
+
+class Ctx(NamedTuple):
+  """Per-call inputs every block needs."""
+  positions: Array  # [B, T] int32, -1 = padding
+  cache_pos: Array | None  # [B, S] positions held by the cache slots after this call's write
+  start: Any  # cache slot of the first new token
+  detect: bool  # mix8 online outlier detection active in this call (static)
+
+
+class Builder(NamedTuple):
+  """Makes the QuantDense layers and activation sites of one module from the plan (static)."""
+  plan: QuantPlan
+  prefix: str  # layer path prefix, e.g. "layers_3.self_attn"
+  param_dtype: Any
+  impl: str
+  calibrate: bool
+
+  def dense(self, name: str, k: int, n: int, bias: bool) -> QuantDense:
+    return QuantDense(k, n, bias, self.param_dtype, self.impl, self.plan.get(f"{self.prefix}.{name}"), name=name)
+
+  def site(self, name: str, first_layer: str) -> ActQuant:
+    """The site in front of `first_layer` (layers of a site share one LayerQuant, see schemes.site_of)."""
+    return ActQuant(self.plan.get(f"{self.prefix}.{first_layer}"), self.impl, self.calibrate, name=name)
+
+  def child(self, name: str) -> "Builder":
+    return self._replace(prefix=f"{self.prefix}.{name}" if self.prefix else name)
+
 
 _MASKED = -1e30  # finite, so fully masked (padding) rows give a uniform softmax instead of NaN
 

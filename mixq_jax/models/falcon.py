@@ -8,14 +8,10 @@ Three fused q/k/v layouts (HF modeling_falcon `_split_heads`):
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from mixq_jax.config import ModelConfig
-from mixq_jax.layers import QuantDense
 from mixq_jax.models import common
 
 
@@ -37,56 +33,61 @@ def split_fused_qkv(cfg: ModelConfig, fused):  # [B, T, (H + 2G) Dh] -> q [B,T,H
 class FalconAttention(nn.Module):
   cfg: ModelConfig
   layer: int
-  param_dtype: Any
-  impl: str
+  mk: common.Builder
 
   @nn.compact
-  def __call__(self, x, positions, layer_cache, cache_pos, start):  # x [B, T, D]
-    c = self.cfg
-    fused = QuantDense((c.num_heads + 2 * c.num_kv_heads) * c.head_dim, c.qkv_bias, self.param_dtype, self.impl,
-                       name="query_key_value")(x)
-    q, k, v = split_fused_qkv(c, fused)
+  def __call__(self, x, ctx: common.Ctx, layer_cache):  # x [B, T, D]
+    c, mk = self.cfg, self.mk
+    b, t, d = x.shape
+    valid = ctx.positions >= 0
+    xa = mk.site("attn_in", "query_key_value")(x, valid, ctx.detect)
+    fused = mk.dense("query_key_value", d, (c.num_heads + 2 * c.num_kv_heads) * c.head_dim, c.qkv_bias)(xa)
+    q, k, v = split_fused_qkv(c, fused.reshape(b, t, -1))
     inv_freq = common.rope_inv_freq(c.rope, c.head_dim)
-    q, k = common.apply_rope(q, positions, inv_freq), common.apply_rope(k, positions, inv_freq)
-    out, new_cache = common.attend_with_cache(q, k, v, positions, layer_cache, cache_pos, start, c.window(self.layer))
-    return QuantDense(c.hidden_size, c.o_bias, self.param_dtype, self.impl, name="dense")(out), new_cache
+    q, k = common.apply_rope(q, ctx.positions, inv_freq), common.apply_rope(k, ctx.positions, inv_freq)
+    out, new_cache = common.attend_with_cache(q, k, v, ctx.positions, layer_cache, ctx.cache_pos, ctx.start,
+                                              c.window(self.layer))
+    xo = mk.site("o_in", "dense")(out, valid, ctx.detect)
+    return mk.dense("dense", d, d, c.o_bias)(xo).reshape(b, t, d), new_cache
 
 
 class FalconMLP(nn.Module):
   cfg: ModelConfig
-  param_dtype: Any
-  impl: str
+  mk: common.Builder
 
   @nn.compact
-  def __call__(self, x):
-    c = self.cfg
-    h = QuantDense(c.intermediate_size, c.mlp_bias, self.param_dtype, self.impl, name="dense_h_to_4h")(x)
+  def __call__(self, x, ctx: common.Ctx):
+    c, mk = self.cfg, self.mk
+    b, t, d = x.shape
+    f = c.intermediate_size
+    valid = ctx.positions >= 0
+    h = mk.dense("dense_h_to_4h", d, f, c.mlp_bias)(mk.site("mlp_in", "dense_h_to_4h")(x, valid, ctx.detect))
     # HF Falcon's "gelu" is the exact erf GELU.
-    h = jax.nn.gelu(h, approximate=False)
-    return QuantDense(c.hidden_size, c.mlp_bias, self.param_dtype, self.impl, name="dense_4h_to_h")(h)
+    h = jax.nn.gelu(h, approximate=False).reshape(b, t, f)
+    return mk.dense("dense_4h_to_h", f, d, c.mlp_bias)(mk.site("down_in", "dense_4h_to_h")(h, valid, ctx.detect)
+                                                       ).reshape(b, t, d)
 
 
 class FalconBlock(nn.Module):
   cfg: ModelConfig
   layer: int
-  param_dtype: Any = jnp.bfloat16
-  impl: str = "xla"
+  mk: common.Builder
 
   @nn.compact
-  def __call__(self, x, positions, layer_cache=None, cache_pos=None, start=0):
-    c = self.cfg
-    norm = lambda name: common.make_norm(c, self.param_dtype, name)
-    attn_mod = FalconAttention(c, self.layer, self.param_dtype, self.impl, name="self_attention")
-    mlp = FalconMLP(c, self.param_dtype, self.impl, name="mlp")
+  def __call__(self, x, ctx: common.Ctx, layer_cache=None):
+    c, mk = self.cfg, self.mk
+    norm = lambda name: common.make_norm(c, mk.param_dtype, name)
+    attn_mod = FalconAttention(c, self.layer, mk.child("self_attention"), name="self_attention")
+    mlp = FalconMLP(c, mk.child("mlp"), name="mlp")
     if c.num_ln_in_parallel_attn == 2:
       h_attn, h_mlp = norm("ln_attn")(x), norm("ln_mlp")(x)
     else:
       h_attn = h_mlp = norm("input_layernorm")(x)
-    attn, new_cache = attn_mod(h_attn, positions, layer_cache, cache_pos, start)
+    attn, new_cache = attn_mod(h_attn, ctx, layer_cache)
     if c.parallel_attn:
-      return x + attn + mlp(h_mlp), new_cache
+      return x + attn + mlp(h_mlp, ctx), new_cache
     x = x + attn
-    return x + mlp(norm("post_attention_layernorm")(x)), new_cache
+    return x + mlp(norm("post_attention_layernorm")(x), ctx), new_cache
 
 
 def hf_layer_names(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

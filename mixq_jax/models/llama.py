@@ -5,66 +5,64 @@ HF tensor names, relative to `model.layers.{i}.`, are the Flax parameter paths i
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from mixq_jax.config import ModelConfig
-from mixq_jax.layers import QuantDense
 from mixq_jax.models import common
 
 
 class LlamaAttention(nn.Module):
   cfg: ModelConfig
   layer: int
-  param_dtype: Any
-  impl: str
+  mk: common.Builder
 
   @nn.compact
-  def __call__(self, x, positions, layer_cache, cache_pos, start):  # x [B, T, D]
-    c = self.cfg
-    dense = lambda n, name, bias: QuantDense(n, bias, self.param_dtype, self.impl, name=name)
-    b, t, _ = x.shape
-    q = dense(c.num_heads * c.head_dim, "q_proj", c.qkv_bias)(x).reshape(b, t, c.num_heads, c.head_dim)
-    k = dense(c.num_kv_heads * c.head_dim, "k_proj", c.qkv_bias)(x).reshape(b, t, c.num_kv_heads, c.head_dim)
-    v = dense(c.num_kv_heads * c.head_dim, "v_proj", c.qkv_bias)(x).reshape(b, t, c.num_kv_heads, c.head_dim)
+  def __call__(self, x, ctx: common.Ctx, layer_cache):  # x [B, T, D]
+    c, mk = self.cfg, self.mk
+    b, t, d = x.shape
+    valid = ctx.positions >= 0
+    xa = mk.site("attn_in", "q_proj")(x, valid, ctx.detect)
+    q = mk.dense("q_proj", d, c.num_heads * c.head_dim, c.qkv_bias)(xa).reshape(b, t, c.num_heads, c.head_dim)
+    k = mk.dense("k_proj", d, c.num_kv_heads * c.head_dim, c.qkv_bias)(xa).reshape(b, t, c.num_kv_heads, c.head_dim)
+    v = mk.dense("v_proj", d, c.num_kv_heads * c.head_dim, c.qkv_bias)(xa).reshape(b, t, c.num_kv_heads, c.head_dim)
     inv_freq = common.rope_inv_freq(c.rope, c.head_dim)
-    q, k = common.apply_rope(q, positions, inv_freq), common.apply_rope(k, positions, inv_freq)
-    out, new_cache = common.attend_with_cache(q, k, v, positions, layer_cache, cache_pos, start, c.window(self.layer))
-    return dense(c.hidden_size, "o_proj", c.o_bias)(out), new_cache
+    q, k = common.apply_rope(q, ctx.positions, inv_freq), common.apply_rope(k, ctx.positions, inv_freq)
+    out, new_cache = common.attend_with_cache(q, k, v, ctx.positions, layer_cache, ctx.cache_pos, ctx.start,
+                                              c.window(self.layer))
+    xo = mk.site("o_in", "o_proj")(out, valid, ctx.detect)
+    return mk.dense("o_proj", c.num_heads * c.head_dim, d, c.o_bias)(xo).reshape(b, t, d), new_cache
 
 
 class LlamaMLP(nn.Module):
   cfg: ModelConfig
-  param_dtype: Any
-  impl: str
+  mk: common.Builder
 
   @nn.compact
-  def __call__(self, x):  # [B, T, D]
-    c = self.cfg
-    dense = lambda n, name: QuantDense(n, c.mlp_bias, self.param_dtype, self.impl, name=name)
-    gate = dense(c.intermediate_size, "gate_proj")(x)
-    up = dense(c.intermediate_size, "up_proj")(x)
-    return dense(c.hidden_size, "down_proj")(jax.nn.silu(gate) * up)
+  def __call__(self, x, ctx: common.Ctx):  # [B, T, D]
+    c, mk = self.cfg, self.mk
+    b, t, d = x.shape
+    f = c.intermediate_size
+    valid = ctx.positions >= 0
+    xa = mk.site("mlp_in", "gate_proj")(x, valid, ctx.detect)
+    h = jax.nn.silu(mk.dense("gate_proj", d, f, c.mlp_bias)(xa)) * mk.dense("up_proj", d, f, c.mlp_bias)(xa)
+    xd = mk.site("down_in", "down_proj")(h.reshape(b, t, f), valid, ctx.detect)
+    return mk.dense("down_proj", f, d, c.mlp_bias)(xd).reshape(b, t, d)
 
 
 class LlamaBlock(nn.Module):
   cfg: ModelConfig
   layer: int
-  param_dtype: Any = jnp.bfloat16
-  impl: str = "xla"
+  mk: common.Builder
 
   @nn.compact
-  def __call__(self, x, positions, layer_cache=None, cache_pos=None, start=0):
-    c = self.cfg
-    h = common.make_norm(c, self.param_dtype, "input_layernorm")(x)
-    attn, new_cache = LlamaAttention(c, self.layer, self.param_dtype, self.impl, name="self_attn")(
-        h, positions, layer_cache, cache_pos, start)
+  def __call__(self, x, ctx: common.Ctx, layer_cache=None):
+    c, mk = self.cfg, self.mk
+    h = common.make_norm(c, mk.param_dtype, "input_layernorm")(x)
+    attn, new_cache = LlamaAttention(c, self.layer, mk.child("self_attn"), name="self_attn")(h, ctx, layer_cache)
     x = x + attn
-    h = common.make_norm(c, self.param_dtype, "post_attention_layernorm")(x)
-    return x + LlamaMLP(c, self.param_dtype, self.impl, name="mlp")(h), new_cache
+    h = common.make_norm(c, mk.param_dtype, "post_attention_layernorm")(x)
+    return x + LlamaMLP(c, mk.child("mlp"), name="mlp")(h, ctx), new_cache
 
 
 def hf_layer_names(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixq_jax.config import ModelConfig
-from mixq_jax.layers import QuantDense
 from mixq_jax.models import common, falcon, llama
+from mixq_jax.schemes import QuantPlan
 
 _FAMILIES = {"llama": llama, "falcon": falcon}
 _BLOCKS = {"llama": llama.LlamaBlock, "falcon": falcon.FalconBlock}
@@ -30,29 +30,47 @@ class Transformer(nn.Module):
 
   cfg: ModelConfig
   param_dtype: Any = jnp.bfloat16
-  impl: str = "xla"
+  impl: str = "xla"  # xla | pallas | interpret: how quantized layers run (layers.qmatmul)
+  plan: QuantPlan = QuantPlan()  # per-layer quantization; empty = all bf16
+  calibrate: bool = False  # sow per-site activation statistics into the "calib" collection
 
   @nn.compact
-  def __call__(self, tokens, positions, cache: common.Cache | None = None, start=0, last_only: bool = False):
+  def __call__(self, tokens, positions, cache: common.Cache | None = None, start=0, last_only: bool = False,
+               detect: bool = False):
     c = self.cfg
+    mk = common.Builder(self.plan, "", self.param_dtype, self.impl, self.calibrate)
     embed = self.param("embed", nn.initializers.normal(0.02), (c.vocab_size, c.hidden_size), self.param_dtype)
     x = jnp.take(embed, tokens, axis=0)  # [B, T, D]
     cache_pos = None if cache is None else common.update_cache_pos(cache, positions, start)
+    ctx = common.Ctx(positions, cache_pos, start, detect)
     new_layers = []
     block_cls = _BLOCKS[c.family]
     for i in range(c.num_layers):
       layer_cache = None if cache is None else cache["layers"][i]
-      x, lc = block_cls(c, i, self.param_dtype, self.impl, name=f"layers_{i}")(x, positions, layer_cache, cache_pos, start)
+      x, lc = block_cls(c, i, mk.child(f"layers_{i}"), name=f"layers_{i}")(x, ctx, layer_cache)
       new_layers.append(lc)
     x = common.make_norm(c, self.param_dtype, "final_norm")(x)
     if last_only:
-      x = x[:, -1:]
+      x, positions = x[:, -1:], positions[:, -1:]
     if c.tie_word_embeddings:
       logits = jnp.einsum("btd,vd->btv", x, embed.astype(x.dtype), preferred_element_type=jnp.float32)
     else:
-      logits = QuantDense(c.vocab_size, False, self.param_dtype, self.impl, name="lm_head")(x)
+      xh = mk.site("head_in", "lm_head")(x, positions >= 0, detect)
+      logits = mk.dense("lm_head", c.hidden_size, c.vocab_size, False)(xh).reshape(*x.shape[:2], c.vocab_size)
     new_cache = None if cache is None else {"pos": cache_pos, "layers": new_layers}
     return logits.astype(jnp.float32), new_cache
+
+
+def layer_paths(cfg: ModelConfig) -> list[str]:
+  """Paths of every Dense layer ("layers_0.self_attn.q_proj", ..., "lm_head"), as plans name them."""
+  out = []
+  for i in range(cfg.num_layers):
+    for rel, shape in _FAMILIES[cfg.family].hf_layer_names(cfg).items():
+      if rel.endswith(".weight") and len(shape) == 2:
+        out.append(f"layers_{i}.{rel[:-len('.weight')]}")
+  if not cfg.tie_word_embeddings:
+    out.append("lm_head")
+  return out
 
 
 def expected_hf_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -117,8 +135,14 @@ def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype=jnp.b
   return params
 
 
-def init_params(cfg: ModelConfig, rng: jax.Array, dtype=jnp.bfloat16) -> dict[str, Any]:
-  """Random parameters (for tests and benchmarks); layout identical to params_from_hf."""
-  model = Transformer(cfg, dtype)
+def init_variables(cfg: ModelConfig, rng: jax.Array, dtype=jnp.bfloat16, plan: QuantPlan = QuantPlan()) -> dict:
+  """Random variables {"params", ("outliers")} for a plan, built directly in their stored form
+  (int8 weights, scales, outlier buffers) without a float copy: tests and benchmarks."""
+  model = Transformer(cfg, dtype, plan=plan)
   tokens = jnp.zeros((1, 1), jnp.int32)
-  return jax.jit(model.init)(rng, tokens, tokens)["params"]
+  return jax.jit(model.init)(rng, tokens, tokens)
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, dtype=jnp.bfloat16) -> dict[str, Any]:
+  """Random bf16/fp32 parameters; layout identical to params_from_hf."""
+  return init_variables(cfg, rng, dtype)["params"]

@@ -1,0 +1,102 @@
+"""8-bit schemes end to end on the real tiny Llama (stories260K): convert -> checkpoint -> ppl/generate."""
+
+import jax
+import numpy as np
+import pytest
+
+from mixq_jax import convert, runtime
+from mixq_jax.eval import ppl
+from mixq_jax.generate import generate
+from mixq_jax.quant import calibrate
+from tests.conftest import asset
+
+SCHEMES = ["w8a16", "w8a8", "llm_int8", "mix8"]
+OPTS = convert.ConvertOptions(calib_samples=8, calib_seq_len=128, outlier_capacity=16)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+  src = str(asset("models/stories260K"))
+  root = tmp_path_factory.mktemp("ck")
+  out = {s: convert.convert(src, s, str(root / s), options=OPTS, progress=False) for s in ["bf16"] + SCHEMES}
+  return src, out
+
+
+@pytest.fixture(scope="module")
+def text():
+  return ppl.read_text(asset("data/wikitext2/test_rows.jsonl"))
+
+
+def test_perplexity_close_to_bf16(ckpts, text):
+  _, out = ckpts
+  res = {s: ppl.perplexity(runtime.load(ckpt=p), text, n_ctx=256, max_windows=4, batch_size=4, progress=False).ppl
+         for s, p in out.items()}
+  for s in SCHEMES:
+    assert abs(res[s] / res["bf16"] - 1) < 0.02, res
+
+
+def test_checkpoint_records_plan_and_packed_weights(ckpts):
+  _, out = ckpts
+  lm = runtime.load(ckpt=out["mix8"])
+  assert lm.quant["scheme"] == "mix8" and lm.plan.get("layers_0.mlp.down_proj").capacity == 16
+  q = lm.params["layers_0"]["self_attn"]["q_proj"]
+  assert q["w_q"].dtype == np.int8 and q["s_w"].dtype == np.float32 and q["w_o"].shape == (64, 16)
+  assert "weight" not in q
+  site = lm.variables["outliers"]["layers_0"]["mlp"]["down_in"]
+  assert 0 <= int(site["count"]) <= 16 and int(site["calib_count"]) == int(site["count"])
+
+
+def test_mix8_detection_runs_for_the_first_calls_only(ckpts):
+  _, out = ckpts
+  lm = runtime.load(ckpt=out["mix8"])
+  assert lm.detect_left() == 2
+  rng = np.random.default_rng(0)
+  toks = rng.integers(0, 512, (2, 32))
+  pos = np.broadcast_to(np.arange(32), toks.shape)
+  lm.logits(toks, pos)
+  lm.logits(toks, pos)
+  assert lm.detect_left() == 0 and lm.calls == 2
+  frozen = jax.tree.map(np.asarray, lm.variables["outliers"])
+  lm.logits(toks * 0 + 7, pos)
+  assert jax.tree.all(jax.tree.map(np.array_equal, frozen, jax.tree.map(np.asarray, lm.variables["outliers"])))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_generate_and_impls_agree(ckpts, scheme):
+  _, out = ckpts
+  xla = runtime.load(ckpt=out[scheme], impl="xla")
+  interp = runtime.load(ckpt=out[scheme], impl="interpret")
+  rng = np.random.default_rng(1)
+  toks = rng.integers(0, 512, (2, 24))
+  pos = np.broadcast_to(np.arange(24), toks.shape)
+  a, b = np.asarray(xla.logits(toks, pos)), np.asarray(interp.logits(toks, pos))
+  assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
+  res = generate(xla, ["Once upon a time"], max_new_tokens=8)
+  assert 1 <= len(res.token_ids[0]) <= 8 and isinstance(res.texts[0], str)
+
+
+def test_calibration_errors(tmp_path):
+  tok = lambda t: {"input_ids": list(range(len(t)))}  # noqa: E731
+  with pytest.raises(FileNotFoundError, match="calibration data not found"):
+    calibrate.calibration_batches(tok, tmp_path / "none.jsonl")
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("\n")
+  with pytest.raises(ValueError, match="empty"):
+    calibrate.calibration_batches(tok, empty)
+  short = tmp_path / "short.jsonl"
+  short.write_text('{"text": "abc"}\n')
+  with pytest.raises(ValueError, match="fewer than"):
+    calibrate.calibration_batches(tok, short, samples=4, seq_len=64)
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"body": "abc"}\n')
+  with pytest.raises(ValueError, match="bad.jsonl:1"):
+    calibrate.calibration_batches(tok, bad)
+
+
+def test_convert_errors(ckpts, tmp_path):
+  src, _ = ckpts
+  with pytest.raises(FileNotFoundError, match="calibration"):
+    convert.convert(src, "mix8", str(tmp_path / "a"), options=convert.ConvertOptions(calib_data=str(tmp_path / "x")))
+  with pytest.raises(ValueError, match="matches no layer"):
+    convert.convert(src, "w8a8", str(tmp_path / "b"), options=convert.ConvertOptions(rules=("attn\\.qq=bf16",)))
+  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
