@@ -83,7 +83,7 @@ def _generate_jit(model, variables, tokens, positions, key, *, max_new_tokens, s
   """Prefill + decode loop. The first `detect_calls` model calls run with outlier detection
   (unrolled), the rest in a lax.while_loop with the outlier sets frozen."""
   b, p = tokens.shape
-  cache = common.init_cache(model.cfg, b, p + max_new_tokens, cache_dtype)  # allocated on device, in the jit
+  cache = common.init_cache(model.cfg, b, p + max_new_tokens, cache_dtype, model.mesh)  # allocated in the jit
   eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
   pad_tok = eos_ids[0] if eos_ids else 0
   logits, cache, variables = prefill(model, variables, tokens, positions, cache, detect=detect_calls > 0)

@@ -91,10 +91,33 @@ def _cast_floats(tree, dtype):
   return jax.tree_util.tree_map_with_path(cast, tree)
 
 
-def load(source: str | None = None, ckpt: str | None = None, *, fp32: bool = False, impl: str = "auto") -> LoadedModel:
+def load(source: str | None = None, ckpt: str | None = None, *, fp32: bool = False, impl: str = "auto",
+         tp: int = 1) -> LoadedModel:
   """Exactly one of `source` (HF dir | .gguf | alias such as "smollm2-135m") or `ckpt` (a directory
   written by `python -m mixq_jax.convert`). fp32 computes in float32 (parity checks); default bf16.
-  impl: how quantized layers run (auto = Pallas kernels on a GPU, XLA elsewhere)."""
+  impl: how quantized layers run (auto = Pallas kernels on a GPU, XLA elsewhere).
+  tp: tensor-parallel degree over the first tp devices (mixq_jax.sharding)."""
+  lm = _load(source, ckpt, fp32=fp32, impl=_impl_for_tp(impl, tp))
+  if tp > 1:
+    from mixq_jax import sharding
+
+    sharding.check_divisible(lm.config, tp)
+    mesh = sharding.make_mesh(tp)
+    lm.variables = sharding.shard_variables(lm.variables, mesh)
+    lm.model = lm.model.clone(mesh=mesh)
+  return lm
+
+
+def _impl_for_tp(impl: str, tp: int) -> str:
+  if tp > 1 and impl == "auto":
+    return "xla"  # XLA's SPMD partitioner splits the reference path; the Pallas calls are not partitioned
+  if tp > 1 and impl != "xla":
+    raise ValueError(f"--impl {impl} with --tp {tp}: the Pallas kernels are not partitioned across devices yet; "
+                     "use --impl xla (or auto) for tensor parallelism")
+  return impl
+
+
+def _load(source, ckpt, *, fp32, impl) -> LoadedModel:
   if (source is None) == (ckpt is None):
     raise ValueError("give exactly one of --model SRC or --ckpt DIR")
   dtype = jnp.float32 if fp32 else jnp.bfloat16
@@ -131,7 +154,10 @@ def add_model_args(ap: argparse.ArgumentParser) -> None:
   ap.add_argument("--impl", default="auto", choices=IMPLS,
                   help="how quantized layers run: pallas kernels, their XLA references, or the kernels in "
                        "Pallas interpret mode; auto = pallas on a GPU, xla elsewhere")
+  ap.add_argument("--tp", type=int, default=1,
+                  help="tensor-parallel degree: shard the model over this many devices (default 1)")
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:
-  return load(source=args.model, ckpt=args.ckpt, fp32=args.fp32, impl=getattr(args, "impl", "auto"))
+  return load(source=args.model, ckpt=args.ckpt, fp32=args.fp32, impl=getattr(args, "impl", "auto"),
+              tp=getattr(args, "tp", 1))

@@ -150,13 +150,21 @@ def attend_with_cache(q, k, v, positions, layer_cache, cache_pos, start, window)
   return out, {"k": kc, "v": vc}
 
 
-def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.bfloat16) -> Cache:
-  """An empty KV cache of `length` slots per sequence; every slot starts as padding (pos -1)."""
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.bfloat16, mesh=None) -> Cache:
+  """An empty KV cache of `length` slots per sequence; every slot starts as padding (pos -1).
+  With a tensor-parallel mesh the k/v buffers are split by kv heads (sharding.cache_spec)."""
   shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
-  return {
-      "pos": jnp.full((batch, length), -1, jnp.int32),
-      "layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)],
-  }
+
+  def buf():
+    z = jnp.zeros(shape, dtype)
+    if mesh is None:
+      return z
+    from mixq_jax.sharding import cache_spec
+
+    return jax.lax.with_sharding_constraint(z, jax.sharding.NamedSharding(mesh, cache_spec(cfg.num_kv_heads, mesh.size)))
+
+  return {"pos": jnp.full((batch, length), -1, jnp.int32),
+          "layers": [{"k": buf(), "v": buf()} for _ in range(cfg.num_layers)]}
 
 
 def update_cache_pos(cache: Cache, positions: Array, start) -> Array:

@@ -33,6 +33,7 @@ class Transformer(nn.Module):
   impl: str = "xla"  # xla | pallas | interpret: how quantized layers run (layers.qmatmul)
   plan: QuantPlan = QuantPlan()  # per-layer quantization; empty = all bf16
   calibrate: bool = False  # sow per-site activation statistics into the "calib" collection
+  mesh: Any = None  # jax.sharding.Mesh with axis "tp" for tensor parallelism (see mixq_jax.sharding)
 
   @nn.compact
   def __call__(self, tokens, positions, cache: common.Cache | None = None, start=0, last_only: bool = False,
@@ -40,7 +41,7 @@ class Transformer(nn.Module):
     c = self.cfg
     mk = common.Builder(self.plan, "", self.param_dtype, self.impl, self.calibrate)
     embed = self.param("embed", nn.initializers.normal(0.02), (c.vocab_size, c.hidden_size), self.param_dtype)
-    x = jnp.take(embed, tokens, axis=0)  # [B, T, D]
+    x = self._replicated(jnp.take(embed, tokens, axis=0))  # [B, T, D]
     cache_pos = None if cache is None else common.update_cache_pos(cache, positions, start)
     ctx = common.Ctx(positions, cache_pos, start, detect)
     new_layers = []
@@ -48,6 +49,8 @@ class Transformer(nn.Module):
     for i in range(c.num_layers):
       layer_cache = None if cache is None else cache["layers"][i]
       x, lc = block_cls(c, i, mk.child(f"layers_{i}"), name=f"layers_{i}")(x, ctx, layer_cache)
+      # Megatron: the residual stream is replicated, so each block ends in one all-reduce per branch.
+      x = self._replicated(x)
       new_layers.append(lc)
     x = common.make_norm(c, self.param_dtype, "final_norm")(x)
     if last_only:
@@ -59,6 +62,12 @@ class Transformer(nn.Module):
       logits = mk.dense("lm_head", c.hidden_size, c.vocab_size, False)(xh).reshape(*x.shape[:2], c.vocab_size)
     new_cache = None if cache is None else {"pos": cache_pos, "layers": new_layers}
     return logits.astype(jnp.float32), new_cache
+
+
+  def _replicated(self, x):
+    if self.mesh is None:
+      return x
+    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
 
 
 def layer_paths(cfg: ModelConfig) -> list[str]:
