@@ -65,8 +65,9 @@ def outlier_weight_columns(params: dict[str, Array], qa: QAct) -> Array:
   deq = (w_q[:, qa.idx].astype(jnp.float32) * s_w[:, None]).astype(jnp.bfloat16)  # [N, C]
   if "w_o" not in params:
     return deq
-  slots = jnp.arange(qa.idx.shape[0])
-  return jnp.where((slots < qa.calib_count)[None, :], params["w_o"].astype(jnp.bfloat16), deq)
+  c = qa.idx.shape[0]
+  w_o = _pad_to(params["w_o"].astype(jnp.bfloat16), 1, c)  # stored for the calibration slots only: [N, <=C]
+  return jnp.where((jnp.arange(c) < qa.calib_count)[None, :], w_o, deq)
 
 
 def qmatmul(qa: QAct, params: dict[str, Array], lq: LayerQuant, *, impl: str = "xla") -> Array:
@@ -195,7 +196,7 @@ class QuantDense(nn.Module):
   """Linear layer y = x Wᵀ + b, W [N, K], stored as the layer's scheme says:
 
   bf16/fp32: weight [N, K]; w8a16, w8a8, llm_int8: w_q int8 [N, K] + s_w f32 [N];
-  mix8: also w_o bf16 [N, C] (16-bit weight columns of the calibration outliers); bias [N] if any.
+  mix8: also w_o bf16 [N, n] (16-bit weight columns of the n <= C calibration outliers); bias [N] if any.
   Takes a QAct from the layer's site, or a plain array [..., K] for 16-bit-activation schemes.
   """
 
@@ -219,7 +220,9 @@ class QuantDense(nn.Module):
       params["w_q"] = self.param("w_q", _randint8, (n, k))
       params["s_w"] = self.param("s_w", _scales, (n,))
       if s == "mix8":
-        params["w_o"] = self.param("w_o", nn.initializers.normal(0.02), (n, self.lq.capacity), jnp.bfloat16)
+        # Stored width is the site's calibration count (<= C), so read it as is rather than declare a shape.
+        params["w_o"] = (self.get_variable("params", "w_o") if self.has_variable("params", "w_o") else
+                         self.param("w_o", nn.initializers.normal(0.02), (n, self.lq.capacity), jnp.bfloat16))
     if self.use_bias:
       params["bias"] = self.param("bias", nn.initializers.zeros, (n,), self.param_dtype)
     y = qmatmul(qa, params, self.lq, impl=self.impl)

@@ -63,20 +63,15 @@ def quantize_variables(params: dict[str, Any], plan: QuantPlan, stats: dict[str,
       del node["weight"]
       node["w_q"], node["s_w"] = quantize_int8_per_channel(w, ignore)
       if lq.scheme == "mix8":
-        w_o = np.zeros((w.shape[0], lq.capacity), np.float32)
+        # Only the calibration columns have stored 16-bit weights; columns added online use int8.
         n = int(_node(outliers, site)["count"])
-        w_o[:, :n] = w[:, _node(outliers, site)["idx"][:n]]
-        node["w_o"] = np.asarray(jnp.asarray(w_o, jnp.bfloat16))
+        node["w_o"] = np.asarray(jnp.asarray(w[:, _node(outliers, site)["idx"][:n]], jnp.bfloat16))  # [N, n]
       if "bias" in node:
-        node["bias"] = np.asarray(f32_node_bias(f32, p))
+        node["bias"] = _node(f32, p)["bias"].astype(np.float32)
   variables = {"params": out}
   if outliers:
     variables["outliers"] = outliers
   return variables
-
-
-def f32_node_bias(f32: dict, path: str) -> np.ndarray:
-  return _node(f32, path)["bias"].astype(np.float32)
 
 
 def _stats(stats, site: str, scheme: str) -> SiteStats:
