@@ -46,7 +46,7 @@ class ConvertOptions:
   smooth_alpha: float = 0.5  # SmoothQuant migration strength; 0 = no smoothing
   outlier_capacity: int = 128  # C: outlier slots per site (mix8, llm_int8)
   outlier_threshold: float = 6.0  # σ
-  outlier_k: int | None = None  # mix8 initial set: top-k calibration columns (default: all above σ)
+  outlier_k: int | None = None  # mix8 initial set: top-k calibration columns (default: capacity // 2)
   detect_calls: int = 2  # mix8 online prediction: calls that may add columns before freezing
   quantize_head: bool = False
 
@@ -118,8 +118,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   ap.add_argument("--outlier-threshold", type=float, default=d.outlier_threshold,
                   help=f"|x| above which a column is an outlier (default {d.outlier_threshold})")
   ap.add_argument("--outlier-k", type=int, default=None,
-                  help="mix8: initial outlier set = top-k calibration columns by max |x| "
-                       "(default: every column whose calibration max exceeds the threshold, up to the capacity)")
+                  help="mix8: initial outlier set = the top-k calibration columns by max |x| (default: half the "
+                       "capacity, leaving the other half for columns predicted online); 0 = start empty")
   ap.add_argument("--detect-calls", type=int, default=d.detect_calls,
                   help=f"mix8: model calls during which new outlier columns are detected and added, after which "
                        f"the set is frozen (default {d.detect_calls})")

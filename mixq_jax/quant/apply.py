@@ -31,7 +31,7 @@ def quantize_variables(params: dict[str, Any], plan: QuantPlan, stats: dict[str,
   """float params (params_from_hf) -> {"params": ..., "outliers": ...} for `plan`.
 
   stats: calibration statistics per site (needed by w8a8 with smoothing and by mix8).
-  outlier_k: mix8 initial set size (default: every calibration column above the threshold).
+  outlier_k: mix8 initial set size (default: half of each site's capacity).
   """
   f32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
   out = jax.tree.map(lambda a: np.asarray(jnp.asarray(a, float_dtype)), f32)  # norms, embedding, bf16 layers
@@ -53,7 +53,8 @@ def quantize_variables(params: dict[str, Any], plan: QuantPlan, stats: dict[str,
       _node(out, site, create=True)["smooth_inv"] = (1.0 / s).astype(np.float32)
     if lq.scheme == "mix8":
       st = _stats(stats, site, lq.scheme)
-      idx, n = initial_outliers(st.absmax, lq.capacity, lq.threshold, outlier_k)
+      idx, n = initial_outliers(st.absmax, lq.capacity, lq.threshold,
+                                lq.capacity // 2 if outlier_k is None else outlier_k)
       ignore = np.zeros(k, bool)
       ignore[idx[:n]] = True
       _node(outliers, site, create=True).update(
