@@ -1,0 +1,494 @@
+"""GEMM kernel benchmark and tuner for mixq_jax.pallas_kernels (issue 3).
+
+    python bench/gemm.py [--models 7b,70b,extra] [--ms 1,16,64,256,1024,4096] [--json OUT]
+    python bench/gemm.py --tune [--json OUT]        # rewrites mixq_jax/pallas_kernels/tuned_table.py
+
+For each linear shape (N, K) and M it times, in the same run: XLA bf16 `x @ w.T`; XLA's own int8
+dot (both operands K-major, int32 out) followed by the same dequant epilogue; the Pallas kernels
+w8a8, w8a8o16 (128 outlier columns), w8a16; and quantize_act on x [M, K]. Every output is checked
+against its reference. Timing: R distinct input sets (rotated so they do not all sit in L2) are run
+by one jitted call (dispatch amortized over R kernels); that call is issued 3 times per sample and
+the median over >= 20 samples is reported per kernel call.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import itertools
+import json
+import math
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+# Timing loops re-run kernels on unchanged inputs; keep XLA from hoisting them out of the loop.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_disable_hlo_passes=while-loop-invariant-code-motion").strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from mixq_jax import pallas_kernels as pk  # noqa: E402
+from mixq_jax.pallas_kernels import configs  # noqa: E402
+from mixq_jax.pallas_kernels.configs import KernelConfig  # noqa: E402
+
+# Linear layers (N, K) = (out_features, in_features), HF layout.
+SHAPES = {
+    "7b": {"qkvo": (4096, 4096), "gate_up": (11008, 4096), "down": (4096, 11008)},
+    "70b": {"q_o": (8192, 8192), "kv": (1024, 8192), "gate_up": (28672, 8192),
+            "down": (8192, 28672)},
+    "extra": {"n8192_k21760": (8192, 21760)},
+    "tiny": {"tiny": (256, 256)},  # CPU smoke runs
+}
+INTERPRET = jax.devices()[0].platform != "gpu"
+SAMPLES = int(os.environ.get("GEMM_BENCH_SAMPLES", "0"))  # override (CPU smoke runs)
+MS = (1, 16, 64, 256, 1024, 4096)
+N_OUTLIERS = 128
+TABLE_PATH = pathlib.Path(__file__).resolve().parents[1] / "mixq_jax/pallas_kernels/tuned_table.py"
+NT = (((1,), (1,)), ((), ()))
+
+# Rough ceilings used only to size the repetition count (measured ones are printed).
+PEAK_FLOPS, PEAK_BW = 700e12, 3.0e12
+
+
+def est_seconds(m, n, k, bytes_moved):
+  return max(2 * m * n * k / PEAK_FLOPS, bytes_moved / PEAK_BW, 3e-6)
+
+
+def n_sets(t_est, set_bytes):
+  """Distinct input sets per jitted call: enough work to amortize dispatch (~200 us) and enough
+  bytes to rotate out of L2 (~200 MB), within 6 GB."""
+  r = max(math.ceil(200e-6 / t_est), math.ceil(200e6 / max(set_bytes, 1)), 2)
+  return int(min(r, 32, max(2, 6e9 // max(set_bytes, 1))))
+
+
+def _first(o):
+  o = jax.tree.leaves(o)[0]
+  return o.reshape(-1)[0].astype(jnp.float32)
+
+
+def time_call(fn, sets, samples=25, loops=None, t_est=None):
+  """Median seconds per kernel call of `fn(*s)` over the input sets `sets`.
+
+  One jitted call runs `loops` iterations of a fori_loop, each calling `fn` once per set, so the
+  host dispatch (which grows with the number of array arguments) is paid once per
+  loops * len(sets) kernels. The outputs are the loop carry, so they are fully materialized, and
+  the barrier ties each iteration's inputs to the previous outputs so that no iteration is dead.
+  XLA's loop-invariant code motion is disabled (XLA_FLAGS at the top of this file), otherwise the
+  calls, whose inputs do not change, would be hoisted out of the loop.
+  """
+  samples = SAMPLES or samples
+  if loops is None:
+    loops = max(2, min(64, math.ceil(2e-3 / max((t_est or 1e-4) * len(sets), 1e-6))))
+
+  def run(ss):
+    def body(i, outs):
+      _, ss_i = jax.lax.optimization_barrier((outs, ss))
+      return [fn(*s) for s in ss_i]
+    init = [jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(fn, *s))
+            for s in ss]
+    return jax.lax.fori_loop(0, loops, body, init)
+
+  multi = jax.jit(run)
+  jax.block_until_ready(multi(sets))  # compile + warm-up
+  per = []
+  for _ in range(samples):
+    t0 = time.perf_counter()
+    jax.block_until_ready(multi(sets))
+    per.append((time.perf_counter() - t0) / (loops * len(sets)))
+  return statistics.median(per)
+
+
+def time_call_unrolled(fn, sets, samples=10):
+  """Cross-check of time_call: the sets unrolled in one jit, no loop (dispatch not amortized)."""
+  multi = jax.jit(lambda ss: [fn(*s) for s in ss])
+  jax.block_until_ready(multi(sets))
+  per = []
+  for _ in range(samples):
+    t0 = time.perf_counter()
+    jax.block_until_ready(multi(sets))
+    per.append((time.perf_counter() - t0) / len(sets))
+  return statistics.median(per)
+
+
+def max_rel_err(y, ref):
+  y = np.asarray(y, np.float64)
+  ref = np.asarray(ref, np.float64)
+  if not np.all(np.isfinite(y)):
+    return float("inf")
+  return float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+# ---------------------------------------------------------------- input sets (on device, random)
+
+def _key(*ids):
+  return jax.random.PRNGKey(hash(ids) % (2**31))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _int8(key, m, k):
+  return jax.random.randint(key, (m, k), -127, 128, jnp.int32).astype(jnp.int8)
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _scale(key, n):
+  return jax.random.uniform(key, (n,), jnp.float32, 0.5, 1.5) / 127.0
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _normal(key, m, k):
+  return jax.random.normal(key, (m, k), jnp.bfloat16)
+
+
+def make_sets(kind, m, n, k, r):
+  sets = []
+  for i in range(r):
+    ks = jax.random.split(_key(kind, m, n, k, i), 6)
+    if kind == "bf16":
+      sets.append((_normal(ks[0], m, k), _normal(ks[1], n, k)))
+    elif kind in ("w8a8", "xla_int8"):
+      sets.append((_int8(ks[0], m, k), _scale(ks[1], m), _int8(ks[2], n, k), _scale(ks[3], n)))
+    elif kind == "w8a8o16":
+      idx_c = N_OUTLIERS
+      sets.append((_int8(ks[0], m, k), _scale(ks[1], m), _int8(ks[2], n, k), _scale(ks[3], n),
+                   _normal(ks[4], m, idx_c), _normal(ks[5], n, idx_c), jnp.int32(idx_c)))
+    elif kind == "w8a16":
+      sets.append((_normal(ks[0], m, k), _int8(ks[2], n, k), _scale(ks[3], n)))
+    elif kind == "quantize_act":
+      idx = jax.random.permutation(ks[1], k)[:N_OUTLIERS].astype(jnp.int32)
+      sets.append((_normal(ks[0], m, k), idx, jnp.int32(N_OUTLIERS),
+                   pk.outlier_mask_from_idx(idx, N_OUTLIERS, k)))
+    else:
+      raise ValueError(kind)
+  return sets
+
+
+def set_bytes(kind, m, n, k):
+  return {"bf16": 2 * (m * k + n * k), "w8a8": m * k + n * k, "xla_int8": m * k + n * k,
+          "w8a8o16": m * k + n * k + 2 * N_OUTLIERS * (m + n), "w8a16": 2 * m * k + n * k,
+          "quantize_act": 2 * m * k}[kind]
+
+
+def moved_bytes(kind, m, n, k):
+  """Fewest bytes through device memory for one call (inputs once, outputs once)."""
+  if kind == "quantize_act":
+    return 2 * m * k + m * k + 4 * m + 2 * m * N_OUTLIERS
+  return set_bytes(kind, m, n, k) + 2 * m * n
+
+
+# ---------------------------------------------------------------- the functions timed
+
+def xla_bf16(x, w):
+  return x @ w.T
+
+
+def xla_int8(x_q, s_x, w_q, s_w):
+  acc = jax.lax.dot_general(x_q, w_q, NT, preferred_element_type=jnp.int32)
+  return (acc.astype(jnp.float32) * s_x[:, None] * s_w[None, :]).astype(jnp.bfloat16)
+
+
+def kernel_fn(kind, config):
+  if INTERPRET:  # CPU smoke runs only
+    config = dict(config=config, interpret=True)
+  else:
+    config = dict(config=config)
+  if kind == "w8a8":
+    return functools.partial(pk.w8a8_matmul, **config), pk.w8a8_matmul_reference
+  if kind == "w8a8o16":
+    return functools.partial(pk.w8a8o16_matmul, **config), pk.w8a8o16_matmul_reference
+  if kind == "w8a16":
+    return functools.partial(pk.w8a16_matmul, **config), pk.w8a16_matmul_reference
+  if kind == "quantize_act":
+    f = lambda x, i, c, om: pk.quantize_act(x, i, c, outlier_mask=om, **config)[:3]
+    ref = lambda x, i, c, om: pk.quantize_act_reference(x, i, c)[:3]
+    return f, ref
+  if kind == "xla_int8":
+    return xla_int8, xla_int8
+  if kind == "bf16":
+    return xla_bf16, lambda x, w: jnp.dot(x.astype(jnp.float32), w.astype(jnp.float32).T)
+  raise ValueError(kind)
+
+
+def check(kind, fn, ref, args):
+  y, r = fn(*args), ref(*args)
+  if kind == "quantize_act":  # x_q may differ by one step (1/127) at rounding ties
+    return max(max_rel_err(y[0], r[0]), max_rel_err(y[1], r[1]))
+  return max_rel_err(y, r)
+
+
+def run_one(kind, m, n, k, config=None, samples=25):
+  """(seconds per call, max_rel_err, config dict) for one kernel at one shape."""
+  fn, ref = kernel_fn(kind, config)
+  t_est = est_seconds(m, n, k, moved_bytes(kind, m, n, k))
+  r = n_sets(t_est, set_bytes(kind, m, n, k))
+  sets = make_sets(kind, m, n, k, r)
+  err = check(kind, fn, ref, sets[0])
+  t = time_call(fn, sets, samples, t_est=t_est)
+  del sets
+  cfg = None
+  if kind in configs.KERNELS:
+    cfg = (config or configs.select_config(kind, m, n if kind != "quantize_act" else 0, k)).to_dict()
+  return t, err, cfg
+
+
+def copy_bandwidth():
+  """Device-to-device bandwidth (bytes read + written per second) of a large elementwise copy."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (512, 1 << 20), jnp.bfloat16)  # 1 GiB
+  t = time_call(lambda a: a * 2, [(x,)], samples=20, loops=16)
+  return 2 * x.size * 2 / t
+
+
+def bf16_flops():
+  x = jax.random.normal(jax.random.PRNGKey(1), (8192, 8192), jnp.bfloat16)
+  w = jax.random.normal(jax.random.PRNGKey(2), (8192, 8192), jnp.bfloat16)
+  t = time_call(xla_bf16, [(x, w)], samples=20, loops=8)
+  return 2 * 8192**3 / t
+
+
+def harness_check():
+  """Loop timing must agree with plain (unrolled) timing where dispatch does not matter, and
+  must not depend on the loop count (a hoisted or dead kernel would show up here)."""
+  sets = make_sets("bf16", 4096, 8192, 8192, 2)
+  a = time_call(xla_bf16, sets, samples=10, loops=4)
+  b = time_call(xla_bf16, sets, samples=10, loops=16)
+  c = time_call_unrolled(xla_bf16, sets)
+  sets = make_sets("w8a16", 16, 4096, 4096, 16)
+  fn = kernel_fn("w8a16", None)[0]
+  d = time_call(fn, sets, samples=10, loops=4)
+  e = time_call(fn, sets, samples=10, loops=16)
+  f = time_call_unrolled(fn, sets)
+  print(f"harness check: bf16 4096x8192x8192 loop4 {a * 1e6:.1f} loop16 {b * 1e6:.1f} "
+        f"unrolled {c * 1e6:.1f} us; w8a16 M=16 4096^2 loop4 {d * 1e6:.1f} loop16 {e * 1e6:.1f} "
+        f"unrolled {f * 1e6:.1f} us", flush=True)
+
+
+def env_info():
+  d = jax.devices()[0]
+  return {"device": d.device_kind, "platform": d.platform, "jax": jax.__version__,
+          "jaxlib": getattr(jax.lib, "__version__", jax.__version__),
+          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+# ---------------------------------------------------------------- bench
+
+def bench(args):
+  info = env_info()
+  print(json.dumps(info), flush=True)
+  bw = copy_bandwidth()
+  fl = bf16_flops()
+  print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read+write); bf16 8192^3 {fl / 1e12:.0f} TFLOP/s",
+        flush=True)
+  shapes = [(f"{mdl}/{name}", nk) for mdl in args.models for name, nk in SHAPES[mdl].items()]
+  kinds = [k for k in args.kernels if k != "bf16"]
+  records, rows = [], []
+  done_q = set()
+  walls = {}
+  v = jnp.ones((16,), jnp.float32)
+  floor = time_call(lambda a: a + 1, [(v + i,) for i in range(32)], t_est=2e-6)
+  floor2 = time_call(lambda a: a + 1, [(v + i,) for i in range(32)], loops=8)
+  print(f"harness floor (a tiny elementwise kernel): {floor * 1e6:.2f} us/call "
+        f"({floor2 * 1e6:.2f} with 8 loops)", flush=True)
+  if not INTERPRET and not os.environ.get("GEMM_BENCH_SKIP_CHECK"):
+    harness_check()
+  for (label, (n, k)), m in itertools.product(shapes, args.ms):
+    if kinds == ["quantize_act"] and (m, k) in done_q:
+      continue
+    if kinds == ["quantize_act"]:  # bandwidth is its measure; skip the GEMM baseline
+      t_bf16, e_bf16 = float("nan"), 0.0
+    else:
+      t_bf16, e_bf16, _ = run_one("bf16", m, n, k)
+    records.append(dict(kernel="xla_bf16", M=m, N=n, K=k, shape=label, time_us=t_bf16 * 1e6,
+                        bf16_time_us=t_bf16 * 1e6, speedup=1.0, max_rel_err=e_bf16, config=None))
+    row = {"shape": label, "M": m, "N": n, "K": k, "bf16": t_bf16 * 1e6}
+    for kind in kinds:
+      if kind == "quantize_act":
+        if (m, k) in done_q:
+          continue
+        done_q.add((m, k))
+      try:
+        t0 = time.perf_counter()
+        t, err, cfg = run_one(kind, m, n, k)
+        walls[kind] = walls.get(kind, 0.0) + time.perf_counter() - t0
+      except Exception as e:  # report, keep going
+        print(f"FAILED {kind} M={m} N={n} K={k}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+        continue
+      rec = dict(kernel=kind, M=m, N=n, K=k, shape=label, time_us=t * 1e6,
+                 bf16_time_us=t_bf16 * 1e6, speedup=t_bf16 / t, max_rel_err=err, config=cfg)
+      if kind == "quantize_act":
+        rec["gbps"] = moved_bytes(kind, m, n, k) / t / 1e9
+        rec["frac_copy_bw"] = moved_bytes(kind, m, n, k) / t / bw
+        rec["N"] = 0
+      records.append(rec)
+      row[kind] = (t * 1e6, t_bf16 / t, err)
+    rows.append(row)
+    print(fmt_row(row, kinds), flush=True)
+    if args.json:  # keep partial results if the run is cut off
+      with open(args.json, "w") as f:
+        json.dump({"env": info, "copy_bw_Bps": bw, "bf16_flops": fl, "records": records}, f)
+  print("wall seconds per kernel kind (compile + check + timing):",
+        {k: round(v, 1) for k, v in walls.items()})
+  print_table(rows, kinds, info, bw, fl)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"env": info, "copy_bw_Bps": bw, "bf16_flops": fl, "records": records}, f, indent=1)
+
+
+def fmt_row(row, kinds):
+  s = f"{row['shape']:<18} {row['M']:>5} {row['N']:>6} {row['K']:>6} {row['bf16']:>9.1f}"
+  for kind in kinds:
+    if kind in row:
+      t, sp, err = row[kind]
+      flag = "" if err < 2e-2 else "!"
+      s += f" {t:>9.1f} {sp:>5.2f}x{flag}"
+    else:
+      s += f" {'-':>9} {'-':>6}"
+  return s
+
+
+def print_table(rows, kinds, info, bw, fl):
+  print(f"\n# {info['device']}  jax {info['jax']}  {info['date']}  copy {bw / 1e12:.2f} TB/s  "
+        f"bf16 {fl / 1e12:.0f} TFLOP/s")
+  print("# time_us and speedup over XLA bf16 (same run); '!' = max_rel_err >= 2e-2")
+  hdr = f"{'shape':<18} {'M':>5} {'N':>6} {'K':>6} {'bf16_us':>9}"
+  for kind in kinds:
+    hdr += f" {kind[:9]:>9} {'x':>6}"
+  print(hdr)
+  for row in rows:
+    print(fmt_row(row, kinds))
+
+
+# ---------------------------------------------------------------- tune
+
+CANDIDATES = {  # (block_m, block_n, block_k, num_warps, num_stages) per M regime
+    "w8a8": {
+        "small": [(16, 64, 256, 4, 4), (16, 32, 256, 4, 4), (16, 128, 128, 4, 4),
+                  (16, 32, 512, 4, 3), (16, 64, 512, 4, 4)],
+        "mid": [(64, 64, 256, 4, 4), (64, 128, 128, 4, 4), (64, 128, 256, 4, 3),
+                (64, 32, 256, 4, 4)],
+        "medium": [(128, 128, 128, 4, 4), (64, 128, 128, 4, 4), (128, 64, 128, 4, 4),
+                   (64, 64, 256, 4, 4), (128, 128, 256, 8, 3)],
+        "large": [(128, 256, 128, 8, 3), (128, 256, 128, 8, 4), (128, 128, 128, 4, 4),
+                  (256, 128, 128, 8, 3), (128, 128, 256, 8, 3), (128, 256, 64, 8, 5)],
+    },
+    "w8a16": {  # (..., split_k)
+        "small": [(16, 32, 512, 4, 4, 1), (16, 32, 256, 4, 4, 1), (16, 64, 256, 4, 4, 2),
+                  (16, 64, 512, 4, 3, 2), (16, 64, 256, 4, 4, 4), (16, 128, 256, 4, 4, 4),
+                  (16, 32, 256, 4, 4, 2), (16, 128, 128, 4, 5, 8)],
+        "mid": [(64, 64, 128, 4, 4), (64, 32, 256, 4, 4), (64, 128, 64, 4, 4)],
+        "medium": [(128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4)],
+        "large": [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 64, 4, 4),
+                  (128, 128, 32, 4, 5)],
+    },
+    "quantize_act": {"any": [(1, 16, 1024, 4, 1), (2, 16, 1024, 4, 1), (4, 16, 1024, 4, 1),
+                             (1, 16, 512, 2, 1), (1, 16, 2048, 8, 1), (2, 16, 512, 8, 1)]},
+}
+CANDIDATES["w8a8o16"] = CANDIDATES["w8a8"]
+
+
+def regime(kind, m):
+  if kind == "quantize_act":
+    return "any"
+  if m <= 16:
+    return "small"
+  if m <= 64:
+    return "mid"
+  return "medium" if m <= 1024 else "large"
+
+
+def tune(args):
+  info = env_info()
+  print(json.dumps(info), flush=True)
+  gpu = configs.gpu_name()
+  table = {}
+  log = []
+  shapes = [SHAPES["7b"]["qkvo"], SHAPES["7b"]["gate_up"], SHAPES["70b"]["q_o"]]
+  if args.tune_shapes:
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.tune_shapes.split(",")]
+  from mixq_jax.pallas_kernels import tuned_table
+  merged = dict(tuned_table.TABLE)
+  for kind in args.kernels:
+    if kind not in configs.KERNELS:
+      continue
+    ms = [m for m in args.ms if m >= 1024] if kind == "quantize_act" else args.ms
+    kshapes = [(0, k) for k in (4096, 11008, 28672)] if kind == "quantize_act" else shapes
+    for m in ms:
+      scores = {}
+      for n, k in kshapes:
+        for cand in CANDIDATES[kind][regime(kind, m)]:
+          bm, bn, bk, nw, ns, *sk = cand
+          cfg = KernelConfig(block_m=min(bm, max(16, configs.m_bucket(m))) if kind != "quantize_act"
+                             else bm, block_n=max(bn, 16), block_k=bk, num_warps=nw, num_stages=ns,
+                             split_k=sk[0] if sk else 1)
+          try:
+            t0 = time.perf_counter()
+            t, err, _ = run_one(kind, m, n, k, cfg, samples=10)
+            wall = time.perf_counter() - t0
+          except Exception as e:
+            print(f"  {kind} M={m} {n}x{k} {cand}: FAILED {type(e).__name__}: {str(e)[:200]}")
+            continue
+          ok = err < 2e-2
+          log.append(dict(kernel=kind, M=m, N=n, K=k, config=cfg.to_dict(), time_us=t * 1e6,
+                          max_rel_err=err))
+          print(f"  {kind} M={m} {n}x{k} {cand}: {t * 1e6:.1f} us err={err:.1e} ({wall:.1f}s)",
+                flush=True)
+          if not ok:
+            continue
+          key = configs.table_key(kind, gpu, configs.m_bucket(m), n if n else 0, k)
+          if key not in table or t < table[key][0]:
+            table[key] = (t, cfg)
+          scores.setdefault(cfg, []).append(math.log(t))
+      # Bucket default: best geometric mean over the shapes where every shape ran.
+      full = {c: s for c, s in scores.items() if len(s) == len(kshapes)}
+      if full:
+        best = min(full, key=lambda c: sum(full[c]))
+        table[configs.table_key(kind, gpu, configs.m_bucket(m), "*", "*")] = (0.0, best)
+        print(f"{kind} M={m}: bucket default {best}", flush=True)
+      merged.update({k: v[1].to_dict() for k, v in table.items()})
+      write_table(merged, info)  # after every bucket, so a cut-off run keeps what it found
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"env": info, "tune_log": log, "table": merged}, f, indent=1)
+
+
+def write_table(table, info):
+  lines = ['"""Tuned kernel configs; regenerate with `python bench/gemm.py --tune`.',
+           "",
+           f"Last tuned on {info['device']}, jax {info['jax']}, {info['date']}.",
+           'Keys: "kernel|gpu|M bucket|N|K" ("*" = default for the bucket)."""',
+           "", "TABLE: dict[str, dict] = {"]
+  for key in sorted(table):
+    lines.append(f"    {key!r}: {table[key]!r},")
+  lines.append("}")
+  out = os.environ.get("TUNED_TABLE_OUT", str(TABLE_PATH))
+  pathlib.Path(out).write_text("\n".join(lines) + "\n")
+  print(f"wrote {out} ({len(table)} entries)")
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--tune", action="store_true", help="sweep configs, rewrite the tuned table")
+  p.add_argument("--models", default="7b,70b,extra", help="comma list of " + ",".join(SHAPES))
+  p.add_argument("--ms", default=",".join(map(str, MS)))
+  p.add_argument("--kernels", default="w8a8,w8a8o16,w8a16,xla_int8,quantize_act")
+  p.add_argument("--json", default=None, help="write records here")
+  p.add_argument("--tune-shapes", default=None, help="NxK,NxK,... shapes to tune on")
+  args = p.parse_args()
+  args.models = args.models.split(",")
+  args.ms = [int(v) for v in args.ms.split(",")]
+  args.kernels = args.kernels.split(",")
+  if jax.devices()[0].platform != "gpu":
+    print("warning: no GPU; timings are meaningless (use for a smoke run only)", file=sys.stderr)
+  if args.tune:
+    tune(args)
+  else:
+    bench(args)
+
+
+if __name__ == "__main__":
+  main()

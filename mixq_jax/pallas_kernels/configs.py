@@ -1,0 +1,97 @@
+"""Block sizes / warps / stages per (kernel, GPU, M bucket, N, K).
+
+Lookup order: exact (kernel, gpu, m_bucket, N, K) entry of the checked-in table `tuned_table.TABLE`
+(written by `python bench/gemm.py --tune`), then (kernel, gpu, m_bucket, "*", "*"), then the
+hand-written defaults below. The wrappers shrink blocks that do not divide N / K (see
+`_shapes.pow2_divisor`), so any entry is safe for any shape.
+"""
+
+import dataclasses
+import functools
+
+import jax
+
+from mixq_jax.pallas_kernels import tuned_table
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KernelConfig:
+  block_m: int = 64   # rows of x per program (quantize_act: rows per program)
+  block_n: int = 64   # output columns per program (unused by quantize_act)
+  block_k: int = 64   # K step of the main loop
+  num_warps: int = 4
+  num_stages: int = 3  # software-pipelining depth of the K loop
+  group_m: int = 8    # M tiles per group in the tile order (L2 reuse of weight tiles)
+  split_k: int = 1    # w8a16 only: K slices reduced by separate programs (decode, small N)
+
+  def __post_init__(self):
+    for f in ("block_m", "block_n", "block_k", "num_warps", "split_k"):
+      v = getattr(self, f)
+      if v < 1 or v & (v - 1):
+        raise ValueError(f"{f}={v} must be a power of two")
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+KERNELS = ("quantize_act", "w8a8", "w8a8o16", "w8a16")
+
+
+def m_bucket(m: int) -> int:
+  """Power-of-two bucket of M in [16, 4096] used as the table key."""
+  b = 16
+  while b < m and b < 4096:
+    b *= 2
+  return b
+
+
+@functools.cache
+def gpu_name() -> str:
+  """Short name of the default device ('h100', 'h200', 'a100', 'cpu', or the device kind)."""
+  d = jax.devices()[0]
+  if d.platform != "gpu":
+    return d.platform
+  kind = d.device_kind.lower()
+  for short in ("h200", "h100", "h800", "a100", "a800", "l40s", "a10g"):
+    if short in kind:
+      return short
+  return kind.replace(" ", "_")
+
+
+def default_config(kernel: str, m: int) -> KernelConfig:
+  """Hand-picked starting points (before tuning): small-M favours narrow N tiles to fill the SMs."""
+  mb = m_bucket(m)
+  if kernel == "quantize_act":
+    return KernelConfig(block_m=1, block_k=2048, num_warps=4, num_stages=1)
+  if kernel == "w8a16":
+    if mb <= 16:
+      return KernelConfig(block_m=16, block_n=32, block_k=256, num_warps=4, num_stages=4)
+    if mb <= 64:
+      return KernelConfig(block_m=mb, block_n=64, block_k=128, num_warps=4, num_stages=4)
+    return KernelConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3)
+  if kernel in ("w8a8", "w8a8o16"):
+    if mb <= 16:
+      return KernelConfig(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=4)
+    if mb <= 64:
+      return KernelConfig(block_m=mb, block_n=64, block_k=256, num_warps=4, num_stages=4)
+    if mb <= 512:
+      return KernelConfig(block_m=128, block_n=128, block_k=128, num_warps=4, num_stages=4)
+    return KernelConfig(block_m=128, block_n=256, block_k=128, num_warps=8, num_stages=3)
+  raise ValueError(f"unknown {kernel=}; expected one of {KERNELS}")
+
+
+def table_key(kernel: str, gpu: str, mb: int, n, k) -> str:
+  return f"{kernel}|{gpu}|{mb}|{n}|{k}"
+
+
+def select_config(kernel: str, m: int, n: int, k: int, gpu: str | None = None) -> KernelConfig:
+  """Tuned config for this problem on this GPU, else the default for the M bucket."""
+  if kernel not in KERNELS:
+    raise ValueError(f"unknown {kernel=}; expected one of {KERNELS}")
+  gpu = gpu or gpu_name()
+  mb = m_bucket(m)
+  for key in (table_key(kernel, gpu, mb, n, k), table_key(kernel, gpu, mb, "*", "*")):
+    entry = tuned_table.TABLE.get(key)
+    if entry is not None:
+      return KernelConfig(**entry)
+  return default_config(kernel, m)

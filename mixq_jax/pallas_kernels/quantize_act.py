@@ -1,0 +1,293 @@
+"""Per-token int8 activation quantization with an outlier-column split (MixQ), optionally fused
+with the RMSNorm that feeds the projection.
+
+Shape letters: M tokens, K input features, C outlier capacity.
+
+    x_n = (x * norm_weight) * rsqrt(mean(x**2) + eps)      (if norm_weight is given; else x_n = x)
+    amax[m] = max over non-outlier k of |x_n[m, k]|
+    s_x[m] = max(amax[m], AMAX_FLOOR) / 127
+    x_q[m, k] = clip(floor(x_n[m, k] * (127 / max(amax[m], AMAX_FLOOR)) + 0.5), -127, 127)
+                (0 on outlier columns)
+    x_outlier[m, c] = x_n[m, idx[c]] if c < count else 0     (in x.dtype)
+
+The outlier set I is a fixed-capacity buffer `idx` int32 [C] plus a `count` int32 scalar;
+entries at positions >= count are ignored (they may hold anything). The MixQ detection signal is
+free: any non-outlier |x_n| > threshold  <=>  max(s_x) * 127 > threshold (see `outlier_flag`);
+`detect_columns=True` also returns which columns crossed it (bool [K]), which costs a small extra
+output per row block.
+
+Rounding is floor(v + 0.5) (half away from zero for positive, half up for negative ties), chosen
+because the Triton backend has no round-half-even; the reference uses the same formula.
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from mixq_jax.pallas_kernels import _shapes
+from mixq_jax.pallas_kernels._triton import compiler_params, plgpu
+from mixq_jax.pallas_kernels.configs import KernelConfig, select_config
+
+AMAX_FLOOR = 1e-5  # keeps 127/amax finite for an all-zero (or all-outlier) row
+MAX_UNROLL = 16    # K chunks kept in registers; beyond this, two passes (compile time, registers)
+
+
+class QuantizedActivations(NamedTuple):
+  x_q: jax.Array          # [M, K] int8, outlier columns zero
+  s_x: jax.Array          # [M] float32 per-token scale
+  x_outlier: jax.Array    # [M, C] x.dtype, outlier columns in 16-bit (zero past count)
+  col_mask: jax.Array | None  # [K] bool: non-outlier columns with |x_n| > threshold (detect_columns)
+
+
+def outlier_flag(s_x: jax.Array, threshold: float = 6.0) -> jax.Array:
+  """MixQ detection signal from the scales alone: True if any non-outlier |x_n| > threshold."""
+  return jnp.max(s_x) * 127.0 > threshold
+
+
+def outlier_mask_from_idx(idx, count, k):
+  """[K] int8, 1 on the first `count` columns of idx (a tiny XLA scatter)."""
+  valid = jnp.arange(idx.shape[0]) < count
+  safe = jnp.where(valid, idx, 0)
+  return jnp.zeros((k,), jnp.int8).at[safe].max(valid.astype(jnp.int8))
+
+
+def _quantize_kernel(
+    x_ref,     # [bm, K] 16-bit
+    om_ref,    # [K] int8, 1 = outlier column
+    nw_ref,    # [K] norm weight, or None
+    idx_ref,   # [C] int32, or None
+    cnt_ref,   # [1] int32, or None
+    q_ref,     # [bm, K] int8
+    s_ref,     # [bm] float32
+    xo_ref,    # [bm, C] 16-bit, or None
+    cm_ref,    # [K] int8 column flags of this row block, or None
+    *, m, bm, k, bk, eps, threshold,
+):
+  # For nk <= MAX_UNROLL chunks the K loop is unrolled in Python: every chunk's load is issued up
+  # front and the row block stays in registers between the statistics and the quantization, so x
+  # is read once. Longer rows use two fori_loops; the second re-reads the row block from L2.
+  nk = k // bk
+  ragged = m % bm != 0
+  rows = pl.program_id(0) * bm + jnp.arange(bm)
+  rmask = (rows < m)[:, None] if ragged else None  # [bm, 1]
+
+  def load(i):  # -> x * norm_weight [bm, bk] float32, outlier flags [bk], x**2 [bm, bk] or None
+    cols = pl.ds(i * bk, bk)
+    if ragged:
+      x = plgpu.load(x_ref.at[:, cols], mask=rmask, other=0)
+    else:
+      x = x_ref[:, cols]
+    x = x.astype(jnp.float32)
+    xx = None
+    if nw_ref is not None:
+      xx = x * x
+      x = x * nw_ref[cols].astype(jnp.float32)[None, :]
+    return x, om_ref[cols] != 0, xx
+
+  def stats(chunk, ss, amax):
+    xw, is_out, xx = chunk
+    if xx is not None:
+      ss = ss + jnp.sum(xx, axis=1)
+    a = jnp.where(is_out[None, :], 0.0, jnp.abs(xw))
+    return ss, jnp.maximum(amax, jnp.max(a, axis=1))
+
+  def quant(i, chunk, r, inv):
+    cols = pl.ds(i * bk, bk)
+    xw, is_out, _ = chunk
+    xn = xw * r[:, None] if r is not None else xw
+    is_out = is_out[None, :]  # [1, bk]
+    q = jnp.clip(jnp.floor(xn * inv[:, None] + 0.5), -127.0, 127.0)
+    q = jnp.where(is_out, 0.0, q).astype(jnp.int8)
+    if ragged:
+      plgpu.store(q_ref.at[:, cols], q, mask=rmask)
+    else:
+      q_ref[:, cols] = q
+    if cm_ref is not None:
+      hit = (jnp.abs(xn) > threshold) & jnp.logical_not(is_out)
+      if ragged:
+        hit = hit & rmask
+      cm_ref[cols] = jnp.max(hit.astype(jnp.int32), axis=0).astype(jnp.int8)
+
+  zero = jnp.zeros((bm,), jnp.float32)
+  unroll = nk <= MAX_UNROLL
+  if unroll:
+    chunks = [load(i) for i in range(nk)]
+    ss, amax = zero, zero
+    for chunk in chunks:
+      ss, amax = stats(chunk, ss, amax)
+  else:
+    ss, amax = jax.lax.fori_loop(0, nk, lambda i, c: stats(load(i), *c), (zero, zero))
+  if nw_ref is not None:
+    r = jax.lax.rsqrt(ss / k + eps)  # [bm]
+    amax = amax * r
+  else:
+    r = None
+  amax = jnp.maximum(amax, AMAX_FLOOR)
+  inv = 127.0 / amax  # [bm]
+  if ragged:
+    plgpu.store(s_ref.at[:], amax / 127.0, mask=rows < m)
+  else:
+    s_ref[...] = amax / 127.0
+  if unroll:
+    for i, chunk in enumerate(chunks):
+      quant(i, chunk, r, inv)
+  else:
+    def body(i, carry):
+      quant(i, load(i), r, inv)
+      return carry
+    jax.lax.fori_loop(0, nk, body, 0)
+
+  if xo_ref is not None:
+    c = idx_ref.shape[0]
+    valid_c = jnp.arange(c) < cnt_ref[0]  # [C]
+    idx = jnp.where(valid_c, idx_ref[...], 0)
+    gmask = jnp.broadcast_to(valid_c[None, :], (bm, c))
+    if ragged:
+      gmask = gmask & rmask
+    xg = plgpu.load(x_ref.at[jnp.arange(bm)[:, None], idx[None, :]], mask=gmask, other=0)
+    xg = xg.astype(jnp.float32)  # [bm, C]
+    if nw_ref is not None:
+      xg = xg * nw_ref[idx].astype(jnp.float32)[None, :] * r[:, None]
+    xg = jnp.where(gmask, xg, 0.0).astype(xo_ref.dtype)
+    if ragged:
+      plgpu.store(xo_ref.at[:, :], xg, mask=rmask)
+    else:
+      xo_ref[...] = xg
+
+
+def _check(x, outlier_idx, outlier_count, norm_weight):
+  _shapes.check_2d("x", x, (jnp.bfloat16, jnp.float16, jnp.float32))
+  m, k = x.shape
+  _shapes.check_mult16(K=k)
+  if outlier_idx.ndim != 1 or outlier_idx.dtype != jnp.int32:
+    raise ValueError(f"outlier_idx must be int32 [C], got {outlier_idx.dtype}{list(outlier_idx.shape)}")
+  if jnp.shape(outlier_count) not in ((), (1,)):
+    raise ValueError(f"outlier_count must be a scalar, got shape {jnp.shape(outlier_count)}")
+  if norm_weight is not None:
+    _shapes.check_vec("norm_weight", norm_weight, k)
+  return m, k
+
+
+@functools.partial(
+    jax.jit, static_argnames=("eps", "threshold", "detect_columns", "interpret", "config"))
+def quantize_act(
+    x: jax.Array,              # [M, K] bf16 / fp16
+    outlier_idx: jax.Array,    # [C] int32
+    outlier_count: jax.Array,  # [] int32
+    norm_weight: jax.Array | None = None,  # [K] RMSNorm weight to fuse, or None
+    outlier_mask: jax.Array | None = None,  # [K] int8/bool, 1 on idx[:count]; built if None
+    *,
+    eps: float = 1e-6,
+    threshold: float = 6.0,
+    detect_columns: bool = False,
+    interpret: bool = False,
+    config: KernelConfig | None = None,
+) -> QuantizedActivations:
+  """Pallas per-token int8 quantization with outlier split (and optional fused RMSNorm).
+
+  Any M; K a multiple of 16; C any (0 allowed). Returns `QuantizedActivations`.
+  `outlier_mask` (= `outlier_mask_from_idx(idx, count, K)`) may be passed when the caller keeps
+  it with the outlier state; otherwise it is rebuilt here by a small XLA scatter each call.
+  """
+  m, k = _check(x, outlier_idx, outlier_count, norm_weight)
+  c = outlier_idx.shape[0]
+  cfg = config or select_config("quantize_act", m, 0, k)
+  bm = min(cfg.block_m, _shapes.next_pow2(m))
+  bk = _shapes.pow2_divisor(k, cfg.block_k)
+  # The row block (unrolled path) or chunk (loop path) lives in registers: keep it to <= ~64
+  # float32 values per thread.
+  held = bm * (k if k // bk <= MAX_UNROLL else bk)
+  num_warps = max(cfg.num_warps, min(16, _shapes.next_pow2(-(-held // (32 * 64)))))
+  nb = pl.cdiv(m, bm)
+  count = jnp.reshape(outlier_count, (1,)).astype(jnp.int32)
+  # Triton tiles are powers of two: pad the index buffer (padding lies past count, so ignored).
+  cp = _shapes.next_pow2(c) if c else 0
+  idx = jnp.pad(outlier_idx, (0, cp - c)) if cp != c else outlier_idx
+  if outlier_mask is not None:
+    _shapes.check_vec("outlier_mask", outlier_mask, k)
+    om = outlier_mask.astype(jnp.int8)
+  else:
+    om = outlier_mask_from_idx(outlier_idx, outlier_count, k) if c else jnp.zeros((k,), jnp.int8)
+
+  full_k = pl.BlockSpec((k,), lambda i: (0,))
+  in_specs = [pl.BlockSpec((bm, k), lambda i: (i, 0)), full_k]
+  args = [x, om]
+  if norm_weight is not None:
+    in_specs.append(full_k)
+    args.append(norm_weight)
+  if c:
+    in_specs += [pl.BlockSpec((cp,), lambda i: (0,)), pl.BlockSpec((1,), lambda i: (0,))]
+    args += [idx, count]
+  out_shape = [jax.ShapeDtypeStruct((m, k), jnp.int8), jax.ShapeDtypeStruct((m,), jnp.float32)]
+  out_specs = [pl.BlockSpec((bm, k), lambda i: (i, 0)), pl.BlockSpec((bm,), lambda i: (i,))]
+  if c:
+    out_shape.append(jax.ShapeDtypeStruct((m, cp), x.dtype))
+    out_specs.append(pl.BlockSpec((bm, cp), lambda i: (i, 0)))
+  if detect_columns:
+    out_shape.append(jax.ShapeDtypeStruct((nb, k), jnp.int8))
+    out_specs.append(pl.BlockSpec((None, k), lambda i: (i, 0)))
+
+  has_nw, has_c = norm_weight is not None, bool(c)
+
+  def kernel(*refs):
+    refs = list(refs)
+    x_ref, om_ref = refs.pop(0), refs.pop(0)
+    nw_ref = refs.pop(0) if has_nw else None
+    idx_ref, cnt_ref = (refs.pop(0), refs.pop(0)) if has_c else (None, None)
+    q_ref, s_ref = refs.pop(0), refs.pop(0)
+    xo_ref = refs.pop(0) if has_c else None
+    cm_ref = refs.pop(0) if detect_columns else None
+    _quantize_kernel(x_ref, om_ref, nw_ref, idx_ref, cnt_ref, q_ref, s_ref, xo_ref, cm_ref,
+                     m=m, bm=bm, k=k, bk=bk, eps=eps, threshold=threshold)
+
+  outs = pl.pallas_call(
+      kernel,
+      grid=(nb,),
+      in_specs=in_specs,
+      out_specs=out_specs,
+      out_shape=out_shape,
+      compiler_params=compiler_params(num_warps=num_warps, num_stages=cfg.num_stages),
+      interpret=interpret,
+      name="quantize_act",
+  )(*args)
+  outs = list(outs)
+  x_q, s_x = outs.pop(0), outs.pop(0)
+  x_o = outs.pop(0)[:, :c] if c else jnp.zeros((m, 0), x.dtype)
+  col_mask = jnp.any(outs.pop(0) != 0, axis=0) if detect_columns else None
+  return QuantizedActivations(x_q, s_x, x_o, col_mask)
+
+
+@functools.partial(jax.jit, static_argnames=("eps", "threshold", "detect_columns", "interpret", "config"))
+def quantize_act_reference(
+    x, outlier_idx, outlier_count, norm_weight=None, outlier_mask=None, *, eps=1e-6, threshold=6.0,
+    detect_columns=False, interpret=False, config=None,
+) -> QuantizedActivations:
+  """Plain-jnp quantize_act, same signature and outputs (interpret/config ignored)."""
+  del interpret, config, outlier_mask  # the mask is derived from idx/count here
+  m, k = _check(x, outlier_idx, outlier_count, norm_weight)
+  c = outlier_idx.shape[0]
+  xf = x.astype(jnp.float32)
+  is_out = outlier_mask_from_idx(outlier_idx, outlier_count, k) != 0 if c else jnp.zeros((k,), bool)
+  if norm_weight is not None:
+    r = jax.lax.rsqrt(jnp.sum(xf * xf, axis=1) / k + eps)  # [M]
+    xw = xf * norm_weight.astype(jnp.float32)[None, :]
+    amax = jnp.max(jnp.where(is_out[None, :], 0.0, jnp.abs(xw)), axis=1) * r
+    xn = xw * r[:, None]
+  else:
+    xn = xf
+    amax = jnp.max(jnp.where(is_out[None, :], 0.0, jnp.abs(xn)), axis=1)
+  amax = jnp.maximum(amax, AMAX_FLOOR)
+  q = jnp.clip(jnp.floor(xn * (127.0 / amax)[:, None] + 0.5), -127.0, 127.0)
+  x_q = jnp.where(is_out[None, :], 0.0, q).astype(jnp.int8)
+  if c:
+    valid = jnp.arange(c) < outlier_count
+    x_o = jnp.where(valid[None, :], xn[:, jnp.where(valid, outlier_idx, 0)], 0.0).astype(x.dtype)
+  else:
+    x_o = jnp.zeros((m, 0), x.dtype)
+  col_mask = None
+  if detect_columns:
+    col_mask = jnp.any((jnp.abs(xn) > threshold) & ~is_out[None, :], axis=0)
+  return QuantizedActivations(x_q, amax / 127.0, x_o, col_mask)
