@@ -54,3 +54,26 @@ __all__ = [
     "w8a8o16_matmul",
     "w8a8o16_matmul_reference",
 ]
+
+# 4-bit and microscaling family (issue 8); layouts in int4_pack.py and mx.py.
+from mixq_jax.pallas_kernels import int4_pack, mx  # noqa: E402
+from mixq_jax.pallas_kernels.mx_matmul import mx_matmul, mx_matmul_reference  # noqa: E402
+from mixq_jax.pallas_kernels.w4a16_matmul import w4a16_matmul, w4a16_matmul_reference  # noqa: E402
+from mixq_jax.pallas_kernels.w4a4o16_matmul import (  # noqa: E402
+    w4a4o16_matmul,
+    w4a4o16_matmul_reference,
+)
+from mixq_jax.pallas_kernels.w4a8_matmul import w4a8_matmul, w4a8_matmul_reference  # noqa: E402
+
+__all__ += [
+    "int4_pack",
+    "mx",
+    "mx_matmul",
+    "mx_matmul_reference",
+    "w4a16_matmul",
+    "w4a16_matmul_reference",
+    "w4a4o16_matmul",
+    "w4a4o16_matmul_reference",
+    "w4a8_matmul",
+    "w4a8_matmul_reference",
+]

@@ -1,0 +1,161 @@
+"""GEMM benchmark rows for the 4-bit and MX kernels (issue 8), on bench/gemm.py's protocol.
+
+    python bench/gemm4.py [--models 7b,70b] [--ms 1,16,1024,4096] [--kernels ...] [--json OUT]
+
+Kernels: w4a16 (AWQ g128), w4a8 (QQQ per-channel), w4a8g (QQQ g128), w4a4o16 (MixQ-4, 128
+outlier columns), w4a4o16q (QUIK asymmetric activations, 128 outliers), mx (MXFP8 x MXFP4),
+mxmix (MXFP8 x MXFP4, the last ~K/16 channels, a multiple of 128, MXFP6). Timing, input-set
+rotation and the ratio to XLA bf16 measured in the same run are bench/gemm.py's (`time_call`,
+`n_sets`); every output is checked against its reference on the first input set. Inputs are random on the device
+(random bytes are valid packed int4 and E2M1 codes). Activation quantization is not timed
+(the kernels take already-quantized activations, like gemm.py's w8a8 rows).
+"""
+
+import argparse
+import functools
+import itertools
+import json
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import gemm  # noqa: E402  (sets XLA_FLAGS before jax initializes a backend)
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from mixq_jax import pallas_kernels as pk  # noqa: E402
+from mixq_jax.pallas_kernels.mx import MXWeights  # noqa: E402
+
+KINDS = ("w4a16", "w4a8", "w4a8g", "w4a4o16", "w4a4o16q", "mx", "mxmix")
+C = gemm.N_OUTLIERS
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _bytes(key, r, c, dtype):
+  return jax.random.randint(key, (r, c), 0, 256, jnp.int32).astype(jnp.uint8).view(dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _e8m0(key, r, c, lo=122):
+  return jax.random.randint(key, (r, c), lo, lo + 8, jnp.int32).astype(jnp.uint8)
+
+
+def make_set(kind, m, n, k, i):
+  ks = jax.random.split(gemm._key(kind, m, n, k, i), 8)
+  g = k // 128
+  if kind == "w4a16":
+    return (gemm._normal(ks[0], m, k), _bytes(ks[1], n, k // 2, jnp.uint8),
+            (gemm._scale(ks[2], g * n).reshape(g, n)).astype(jnp.bfloat16),
+            jnp.full((g, n), 8, jnp.bfloat16))
+  if kind in ("w4a8", "w4a8g"):
+    s = (gemm._int8(ks[0], m, k), gemm._scale(ks[1], m), _bytes(ks[2], n, k // 2, jnp.int8),
+         gemm._scale(ks[3], n))
+    if kind == "w4a8g":
+      s += (jax.random.randint(ks[4], (n, g), 1, 16, jnp.int32).astype(jnp.int8),)
+    return s
+  if kind in ("w4a4o16", "w4a4o16q"):
+    asym = kind == "w4a4o16q"
+    s = (_bytes(ks[0], m, k // 2, jnp.uint8 if asym else jnp.int8), gemm._scale(ks[1], m),
+         _bytes(ks[2], n, k // 2, jnp.int8), gemm._scale(ks[3], n), gemm._normal(ks[4], m, C),
+         gemm._normal(ks[5], n, C), jnp.int32(C))
+    if asym:
+      s += (gemm._scale(ks[6], m), jax.random.randint(ks[7], (n,), -500, 500, jnp.int32))
+    return s
+  if kind in ("mx", "mxmix"):
+    k6 = max(128, k // 16 // 128 * 128) if kind == "mxmix" else 0  # K4 stays a multiple of 128
+    k4 = k - k6
+    x_e = (4 * gemm._normal(ks[0], m, k)).astype(jnp.float8_e4m3fn)
+    w = MXWeights(_bytes(ks[1], n, k4 // 2, jnp.uint8), _e8m0(ks[2], n, k4 // 32),
+                  (4 * gemm._normal(ks[3], n, k6)).astype(jnp.float8_e4m3fn) if k6 else None,
+                  _e8m0(ks[4], n, k6 // 32) if k6 else None)
+    return (x_e, _e8m0(ks[5], m, k // 32), w)
+  raise ValueError(kind)
+
+
+def set_bytes(kind, m, n, k):
+  return {"w4a16": 2 * m * k + n * k // 2 + 4 * n * k // 128,
+          "w4a8": m * k + n * k // 2, "w4a8g": m * k + n * k // 2 + n * k // 128,
+          "w4a4o16": (m + n) * k // 2 + 2 * C * (m + n),
+          "w4a4o16q": (m + n) * k // 2 + 2 * C * (m + n),
+          "mx": m * k + n * k // 2 + (m + n) * k // 32,
+          "mxmix": m * k + n * k // 2 + n * k // 16 + (m + n) * k // 32}[kind]
+
+
+def kernel_fn(kind):
+  kw = dict(interpret=True) if gemm.INTERPRET else {}
+  fns = {
+      "w4a16": (pk.w4a16_matmul, pk.w4a16_matmul_reference),
+      "w4a8": (pk.w4a8_matmul, pk.w4a8_matmul_reference),
+      "w4a4o16": (pk.w4a4o16_matmul, pk.w4a4o16_matmul_reference),
+      "mx": (pk.mx_matmul, pk.mx_matmul_reference),
+  }
+  if kind == "w4a8g":
+    f = lambda x, sx, w, sw, sg, **a: pk.w4a8_matmul(x, sx, w, sw, None, sg, **a)
+    r = lambda x, sx, w, sw, sg: pk.w4a8_matmul_reference(x, sx, w, sw, None, sg)
+    return functools.partial(f, **kw), r
+  if kind == "w4a4o16q":
+    f = lambda x, sx, w, sw, xo, wo, c, mx, ws, **a: pk.w4a4o16_matmul(
+        x, sx, w, sw, xo, wo, c, None, mx, ws, **a)
+    r = lambda x, sx, w, sw, xo, wo, c, mx, ws: pk.w4a4o16_matmul_reference(
+        x, sx, w, sw, xo, wo, c, None, mx, ws)
+    return functools.partial(f, **kw), r
+  fn, ref = fns["mx" if kind == "mxmix" else kind]
+  return functools.partial(fn, **kw), ref
+
+
+def run_one(kind, m, n, k, samples):
+  fn, ref = kernel_fn(kind)
+  sb = set_bytes(kind, m, n, k)
+  t_est = gemm.est_seconds(m, n, k, sb + 2 * m * n)
+  sets = [make_set(kind, m, n, k, i) for i in range(gemm.n_sets(t_est, sb))]
+  err = gemm.max_rel_err(fn(*sets[0]), ref(*sets[0]))
+  return gemm.time_call(fn, sets, samples, t_est=t_est), err
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--models", default="7b,70b")
+  p.add_argument("--shapes", default=None, help="comma list of shape names to keep (e.g. qkvo,q_o)")
+  p.add_argument("--ms", default="1,16,1024,4096")
+  p.add_argument("--kernels", default=",".join(KINDS))
+  p.add_argument("--samples", type=int, default=25)
+  p.add_argument("--json", default=None)
+  a = p.parse_args()
+  kinds = a.kernels.split(",")
+  info = gemm.env_info()
+  print(json.dumps(info), flush=True)
+  keep = None if a.shapes is None else a.shapes.split(",")
+  shapes = [(f"{mdl}/{nm}", nk) for mdl in a.models.split(",")
+            for nm, nk in gemm.SHAPES[mdl].items() if keep is None or nm in keep]
+  rows, records = [], []
+  for (label, (n, k)), m in itertools.product(shapes, [int(v) for v in a.ms.split(",")]):
+    t_bf16, _, _ = gemm.run_one("bf16", m, n, k, samples=a.samples)
+    row = {"shape": label, "M": m, "N": n, "K": k, "bf16": t_bf16 * 1e6}
+    for kind in kinds:
+      try:
+        t, err = run_one(kind, m, n, k, a.samples)
+      except Exception as e:  # report, keep going
+        print(f"FAILED {kind} M={m} N={n} K={k}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+        continue
+      row[kind] = (t * 1e6, t_bf16 / t, err)
+      records.append(dict(kernel=kind, M=m, N=n, K=k, shape=label, time_us=t * 1e6,
+                          bf16_time_us=t_bf16 * 1e6, speedup=t_bf16 / t, max_rel_err=err))
+    rows.append(row)
+    print(gemm.fmt_row(row, kinds), flush=True)
+    if a.json:
+      pathlib.Path(a.json).write_text(json.dumps({"env": info, "records": records}, indent=1))
+  print(f"\n# {info['device']}  jax {info['jax']}  {info['date']}")
+  print("# time_us and speedup over XLA bf16 (same run); '!' = max_rel_err >= 2e-2")
+  hdr = f"{'shape':<18} {'M':>5} {'N':>6} {'K':>6} {'bf16_us':>9}"
+  for kind in kinds:
+    hdr += f" {kind[:9]:>9} {'x':>6}"
+  print(hdr)
+  for row in rows:
+    print(gemm.fmt_row(row, kinds))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,195 @@
+"""The int4 packing layout of the 4-bit kernels, and the offline quantizers that produce it.
+
+Shape letters: N rows (output features), K logical columns (input features), Kp = K rounded up
+to a multiple of PACK_BLOCK (zero padded), G = Kp / group.
+
+Layout ("split halves"): K is cut into blocks of PACK_BLOCK = 128 columns. Within block b, byte j
+(0 <= j < 64) of a row holds
+
+    low nibble  = value at k = 128 b + j
+    high nibble = value at k = 128 b + 64 + j
+
+so a packed row is [Kp / 2] bytes. Why: Pallas Triton cannot interleave or concatenate tiles
+along K, but a packed tile [bn, 64] unpacks with one mask and one shift into two [bn, 64] tiles
+that feed two dots directly, against the two contiguous halves x[:, 128b : 128b+64] and
+x[:, 128b+64 : 128b+128] of the activation tile. No shuffle is ever needed.
+
+Signed values (symmetric int4, [-8, 7]) are stored as two's-complement nibbles in int8 bytes and
+unpack by arithmetic shifts ((p << 4) >> 4 and p >> 4, sign-extending to exact int8). Unsigned
+values (asymmetric int4 with zero point, [0, 15]) are stored in uint8 bytes and unpack by
+p & 15 and p >> 4.
+
+K that is not a multiple of PACK_BLOCK (or of the group) is zero padded here, at quantization
+time: SmolLM2-135M has K = 576 = 4.5 x 128, so its last pack block / group is partial. The
+kernels pad the activations with zeros to Kp, so the padded columns contribute nothing.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+PACK_BLOCK = 128     # K columns per packed block (64 bytes per row)
+HALF = PACK_BLOCK // 2
+
+
+def padded_k(k: int, multiple: int = PACK_BLOCK) -> int:
+  return -(-k // multiple) * multiple
+
+
+def pad_k(a: jax.Array, kp: int) -> jax.Array:
+  """Zero-pad the last axis of `a` to kp."""
+  k = a.shape[-1]
+  if k > kp:
+    raise ValueError(f"K={k} > padded K={kp}")
+  if k == kp:
+    return a
+  return jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, kp - k)])
+
+
+@functools.partial(jax.jit, static_argnames=("signed",))
+def pack_int4(q: jax.Array, *, signed: bool) -> jax.Array:
+  """q [..., Kp] int in [-8, 7] (signed) or [0, 15] -> packed [..., Kp / 2] int8 / uint8."""
+  kp = q.shape[-1]
+  if kp % PACK_BLOCK:
+    raise ValueError(f"K={kp} must be a multiple of {PACK_BLOCK}; pad with pad_k first")
+  q = q.astype(jnp.int32).reshape(*q.shape[:-1], kp // PACK_BLOCK, 2, HALF)
+  byte = (q[..., 0, :] & 0xF) | ((q[..., 1, :] & 0xF) << 4)  # [..., Kp/128, 64] in [0, 255]
+  byte = byte.reshape(*q.shape[:-3], kp // 2)
+  if signed:  # reinterpret the byte as two's complement
+    return jnp.where(byte >= 128, byte - 256, byte).astype(jnp.int8)
+  return byte.astype(jnp.uint8)
+
+
+def unpack_halves(p: jax.Array):
+  """Packed tile [..., 64 j] -> (low, high) [..., 64] int8: the values of the two block halves.
+
+  Used both by the kernels (on tiles) and by `unpack_int4`. int8 input = signed values, uint8 =
+  unsigned; the result is int8 either way (exact: [-8, 7] or [0, 15]).
+  """
+  if p.dtype == jnp.int8:
+    lo = jnp.right_shift(jnp.left_shift(p, 4), 4)  # arithmetic shift sign-extends the nibble
+    hi = jnp.right_shift(p, 4)
+    return lo, hi
+  if p.dtype == jnp.uint8:
+    lo = (p & 0xF).astype(jnp.int8)
+    hi = jnp.right_shift(p, 4).astype(jnp.int8)
+    return lo, hi
+  raise ValueError(f"packed dtype {p.dtype} must be int8 (signed) or uint8 (unsigned)")
+
+
+@jax.jit
+def unpack_int4(p: jax.Array) -> jax.Array:
+  """Inverse of pack_int4: [..., Kp / 2] -> [..., Kp] int8."""
+  kb = p.shape[-1]
+  if kb % HALF:
+    raise ValueError(f"packed K={kb} must be a multiple of {HALF}")
+  pb = p.reshape(*p.shape[:-1], kb // HALF, HALF)
+  lo, hi = unpack_halves(pb)
+  return jnp.stack([lo, hi], axis=-2).reshape(*p.shape[:-1], 2 * kb)
+
+
+# ---------------------------------------------------------------- offline weight quantizers
+
+
+@functools.partial(jax.jit, static_argnames=("group",))
+def quantize_w4_asym(w: jax.Array, group: int = 128):
+  """AWQ-style int4 asymmetric, one scale + zero point per `group` columns (RTN; AWQ's scale
+  search lives in quant/). w [N, K] -> (w_q [N, Kp/2] uint8, scale [G, N] bf16, zero [G, N] bf16).
+
+  w ~ (q - zero) * scale with q in [0, 15]; zero is an integer in [0, 15] (exact in bf16), so the
+  stored form is 4 + 32/group bits per weight (4.25 at g128). Padded columns quantize to q = zero
+  and are never read against nonzero activations.
+  """
+  if PACK_BLOCK % group and group % PACK_BLOCK:
+    raise ValueError(f"{group=} must divide or be a multiple of {PACK_BLOCK}")
+  n, k = w.shape
+  kp = padded_k(k, max(group, PACK_BLOCK))
+  wg = pad_k(w.astype(jnp.float32), kp).reshape(n, kp // group, group)
+  # Statistics over the real columns only (the zero padding must not widen the range).
+  real = (jnp.arange(kp) < k).reshape(1, kp // group, group)
+  lo = jnp.minimum(jnp.min(jnp.where(real, wg, jnp.inf), axis=-1), 0.0)
+  hi = jnp.maximum(jnp.max(jnp.where(real, wg, -jnp.inf), axis=-1), 0.0)
+  scale = jnp.maximum((hi - lo) / 15.0, 1e-8).astype(jnp.bfloat16).astype(jnp.float32)
+  zero = jnp.clip(jnp.round(-lo / scale), 0, 15)
+  q = jnp.clip(jnp.round(wg / scale[..., None]) + zero[..., None], 0, 15)
+  q = jnp.where(real, q, zero[..., None]).reshape(n, kp)
+  return (pack_int4(q, signed=False), scale.T.astype(jnp.bfloat16), zero.T.astype(jnp.bfloat16))
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def dequantize_w4_asym(w_q, scale, zero, k=None):
+  """[N, Kp/2], [G, N], [G, N] -> [N, K] float32 (exact)."""
+  q = unpack_int4(w_q).astype(jnp.float32)  # [N, Kp]
+  n, kp = q.shape
+  g = scale.shape[0]
+  qg = q.reshape(n, g, kp // g)
+  w = (qg - zero.T.astype(jnp.float32)[..., None]) * scale.T.astype(jnp.float32)[..., None]
+  return w.reshape(n, kp)[:, : (k or kp)]
+
+
+@jax.jit
+def quantize_w4_sym(w: jax.Array):
+  """int4 symmetric per channel: w [N, K] -> (w_q [N, Kp/2] int8 packed, s_w [N] f32).
+
+  q = clip(round(w / s), -8, 7), s = max|w_n| / 7 (QQQ / MixQ-4 / QUIK weights before GPTQ).
+  """
+  n, k = w.shape
+  kp = padded_k(k)
+  w = w.astype(jnp.float32)
+  s = jnp.maximum(jnp.max(jnp.abs(w), axis=1), 1e-8) / 7.0
+  q = jnp.clip(jnp.round(w / s[:, None]), -8, 7)
+  return pack_int4(pad_k(q, kp), signed=True), s
+
+
+@functools.partial(jax.jit, static_argnames=("group",))
+def quantize_w4_qqq_g128(w: jax.Array, group: int = 128):
+  """QQQ two-level g128: w ~ s_ch[n] * s_g[g, n] * q4 with q4 in [-8, 7] and s_g an integer in
+  [1, 15], so q4 * s_g is an exact int8 in [-120, 120] (the kernel forms it in registers).
+
+  w [N, K] -> (w_q [N, Kp/2] int8 packed, s_g [G, N] int8, s_ch [N] f32).
+  """
+  if group != PACK_BLOCK:
+    raise ValueError(f"{group=}: the w4a8 g128 kernel applies one group per pack block of "
+                     f"{PACK_BLOCK}")
+  n, k = w.shape
+  kp = padded_k(k, group)
+  wg = pad_k(w.astype(jnp.float32), kp).reshape(n, kp // group, group)
+  sg_fp = jnp.maximum(jnp.max(jnp.abs(wg), axis=-1), 1e-8) / 7.0  # [N, G]
+  s_ch = jnp.max(sg_fp, axis=1) / 15.0  # [N]
+  s_g = jnp.clip(jnp.round(sg_fp / s_ch[:, None]), 1, 15)  # [N, G]
+  q = jnp.clip(jnp.round(wg / (s_g * s_ch[:, None])[..., None]), -8, 7).reshape(n, kp)
+  return pack_int4(q, signed=True), s_g.T.astype(jnp.int8), s_ch
+
+
+@jax.jit
+def row_sums(w_q: jax.Array) -> jax.Array:
+  """Sum over K of the unpacked int4 weights: [N, Kp/2] -> [N] int32 (QUIK's zero-point term)."""
+  return jnp.sum(unpack_int4(w_q).astype(jnp.int32), axis=1)
+
+
+# ---------------------------------------------------------------- activation quantizers (XLA)
+
+
+@functools.partial(jax.jit, static_argnames=("asym",))
+def quantize_act4(x: jax.Array, *, asym: bool = False):
+  """Per-token int4 activations, packed in the same layout (XLA; one fusion).
+
+  x [M, K] 16-bit -> symmetric: (x_q [M, Kp/2] int8, s_x [M] f32, None), x ~ s_x q, q in [-8, 7]
+  (s_x = amax / 7);  asym (QUIK): (x_q uint8, s_x, m_x [M] f32), x ~ s_x q + m_x, q in [0, 15].
+  Rounding is round-half-even (jnp.round).
+  """
+  m, k = x.shape
+  kp = padded_k(k)
+  xf = x.astype(jnp.float32)
+  if asym:
+    lo = jnp.min(xf, axis=1)
+    hi = jnp.max(xf, axis=1)
+    s = jnp.maximum(hi - lo, 1e-5) / 15.0
+    q = jnp.clip(jnp.round((xf - lo[:, None]) / s[:, None]), 0, 15)
+    # Padded columns must decode to 0 contribution: the kernel pads with q = 0 and the zero-point
+    # term uses sums over the real columns only, so padding q with 0 is right.
+    return pack_int4(pad_k(q, kp), signed=False), s, lo
+  s = jnp.maximum(jnp.max(jnp.abs(xf), axis=1), 1e-5) / 7.0
+  q = jnp.clip(jnp.round(xf / s[:, None]), -8, 7)
+  return pack_int4(pad_k(q, kp), signed=True), s, None

@@ -1,0 +1,211 @@
+"""MX matmul: MXFP8 activations x MXFP4 weights, optionally with a trailing MXFP6 channel set.
+
+Shape letters: M tokens, N output features, K4p / K6p the padded MXFP4 / MXFP6 parts of K
+(layouts in `mx`), Kt = K4p + K6p, blocks of 32 along K share one E8M0 scale.
+
+    y[m, n] = sum over 32-blocks b of  2^(ex[m, b] + ew[n, b]) * sum_{k in b} xe[m, k] * we[n, k]
+
+Two paths, chosen by `use_fp8` (default: the bf16 path; see `_default_use_fp8` for why):
+
+* FP8: the E2M1 codes are decoded in registers to E4M3 (exact), MXFP6 weights are already E4M3
+  bytes; each 32-wide K step is one FP8 MMA (f32 accumulate) whose result is scaled by
+  2^ex[m] * 2^ew[n] and added to the float32 accumulator.
+* bf16 (Ampere; also the default on Hopper): the float8 operands (x_e, MXFP6 weights) are
+  widened to bf16 by XLA before the call (pre-Ada Triton cannot convert from float8; an extra
+  pass over x and the MXFP6 columns, small at decode); E2M1 codes are decoded in registers; both
+  block scales are applied to the operands in bf16 (exact: a power of two times a value of <= 4
+  significant bits, within bf16's exponent range), so the bf16 MMA accumulates in place.
+
+Exact vs rounded: every element, every scale and every product is exact (E4M3 x E2M1/E3M2
+products have <= 8 significant bits); each 32-term block sum is formed by the tensor core in
+float32 and the block sums are summed in float32, so the only rounding is float32
+accumulation (and the final cast). The reference decodes everything to float32 exactly and
+contracts at HIGHEST precision. E8M0 code 0 (2^-127) decodes to 0 in the kernel (f32 subnormal);
+such blocks have amax < 2^-118 and do not occur for bf16 inputs of practical size.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from mixq_jax.pallas_kernels import _shapes
+from mixq_jax.pallas_kernels._triton import compiler_params
+from mixq_jax.pallas_kernels._w4_common import select_config
+from mixq_jax.pallas_kernels.configs import KernelConfig
+from mixq_jax.pallas_kernels.int4_pack import HALF, PACK_BLOCK, unpack_halves
+from mixq_jax.pallas_kernels.mx import BLOCK, MXWeights, dequantize_act, dequantize_weight
+from mixq_jax.pallas_kernels.w8a8_matmul import _NT, _tile_ids
+
+
+def _pow2(s):
+  """E8M0 codes (any int dtype) -> 2^(s - 127) float32, by placing s in the f32 exponent field."""
+  return jax.lax.bitcast_convert_type(jnp.left_shift(s.astype(jnp.int32), 23), jnp.float32)
+
+
+def _fp4_values(c):
+  """E2M1 codes [.., 32] int8 in [0, 15] -> float32 values (exact): (1 + m/2) 2^(e-1), or m/2."""
+  c = c.astype(jnp.int32)
+  e = jnp.right_shift(c, 1) & 3
+  mant = (c & 1).astype(jnp.float32)
+  two_e = jnp.left_shift(1, e).astype(jnp.float32)
+  mag = jnp.where(e == 0, 0.5 * mant, (2.0 + mant) * two_e * 0.25)
+  return jnp.where((c & 8) != 0, -mag, mag)
+
+
+def _mx_kernel(x_ref, xs_ref, w4_ref, s4_ref, w6_ref, s6_ref, o_ref, *, nb4, nb6, k4p, u,
+               use_fp8):
+  # x_ref [bm, Kt] f8; xs_ref [bm, Kt/32] u8; w4_ref [bn, K4p/2] u8; s4_ref [bn, K4p/32] u8;
+  # w6_ref [bn, K6p] f8 | None; s6_ref [bn, K6p/32] u8 | None; o_ref [bm, bn].
+  # M is padded to a multiple of bm by the wrapper: a masked load's fill value cannot be converted
+  # to float8 by the Triton lowering (seen on H100, jax 0.11.2), so this kernel never masks.
+  bn = o_ref.shape[1]
+
+  def load_rows(ref, cols):
+    return ref[:, cols]
+
+  def step(acc, xcol, xblk, wv, ws):
+    """One 32-wide K step: x columns [xcol, xcol + 32) (scale block xblk) against weight values
+    wv [bn, 32] (float32 or f8) with E8M0 codes ws [bn, 1]."""
+    xe = load_rows(x_ref, pl.ds(xcol, BLOCK))            # [bm, 32] f8
+    sx = _pow2(load_rows(xs_ref, pl.ds(xblk, 1)))        # [bm, 1]
+    if use_fp8:
+      sw = jnp.reshape(_pow2(ws), (1, bn))               # [1, bn]
+      d = jax.lax.dot_general(xe, wv.astype(jnp.float8_e4m3fn), _NT,
+                              preferred_element_type=jnp.float32)
+      return acc + d * sx * sw
+    # Both block scales go on the operands (exact in bf16), so the MMA accumulates in place.
+    xb = (xe.astype(jnp.float32) * sx).astype(jnp.bfloat16)                  # [bm, 32]
+    wb = (wv.astype(jnp.float32) * _pow2(ws)).astype(jnp.bfloat16)          # [bn, 32]
+    return acc + jax.lax.dot_general(xb, wb, _NT, preferred_element_type=jnp.float32)
+
+  def fp4_block(b, acc):  # 128 columns: bytes [64b, 64b+32) and [64b+32, 64b+64)
+    for half in range(2):
+      lo, hi = unpack_halves(w4_ref[:, pl.ds(b * HALF + half * BLOCK, BLOCK)])  # [bn, 32] each
+      for sub, codes in ((half, lo), (2 + half, hi)):  # lo: k = 32 half + j; hi: k = 64 + ...
+        j = 4 * b + sub  # 32-block index within the MXFP4 part
+        acc = step(acc, j * BLOCK, j, _fp4_values(codes), s4_ref[:, pl.ds(j, 1)])
+    return acc
+
+  def fp6_block(j, acc):
+    wv = w6_ref[:, pl.ds(j * BLOCK, BLOCK)]  # [bn, 32] f8
+    return step(acc, k4p + j * BLOCK, k4p // BLOCK + j, wv, s6_ref[:, pl.ds(j, 1)])
+
+  def fp4_blocks(i, acc):  # u pack blocks per loop step (block_k = 128 u)
+    for j in range(u):
+      acc = fp4_block(i * u + j, acc)
+    return acc
+
+  acc = jnp.zeros((x_ref.shape[0], bn), jnp.float32)
+  acc = jax.lax.fori_loop(0, nb4 // u, fp4_blocks, acc)
+  if nb6:
+    acc = jax.lax.fori_loop(0, nb6, fp6_block, acc)
+  o_ref[...] = acc.astype(o_ref.dtype)
+
+
+def _default_use_fp8() -> bool:
+  # Measured on H100 (BENCHMARKS.md, issue 8): the FP8 path ran at 0.55x of bf16 at M = 16 and
+  # 0.09x at M = 1024. A K = 32 MMA per scale block whose result must be scaled before it is
+  # added keeps a second [bm, bn] accumulator live and cannot accumulate in place. Until Hopper
+  # has a block-scaled MMA path here, the default is the bf16 path (exact operands, in-place
+  # accumulation); use_fp8=True stays available (needs compute capability >= 8.9).
+  return False
+
+
+def _check(x_e, x_s, w: MXWeights):
+  _shapes.check_2d("x_e", x_e, (jnp.float8_e4m3fn,))
+  _shapes.check_2d("x_s", x_s, (jnp.uint8,))
+  _shapes.check_2d("w4", w.w4, (jnp.uint8,))
+  _shapes.check_2d("s4", w.s4, (jnp.uint8,))
+  m, kt = x_e.shape
+  n, k4h = w.w4.shape
+  k4p = 2 * k4h
+  if k4p % PACK_BLOCK:
+    raise ValueError(f"w4.shape={w.w4.shape}: MXFP4 K={k4p} must be a multiple of {PACK_BLOCK}")
+  _shapes.check_mult16(N=n)
+  k6p = 0
+  if w.w6 is not None:
+    _shapes.check_2d("w6", w.w6, (jnp.float8_e4m3fn,))
+    k6p = w.w6.shape[1]
+    if w.w6.shape[0] != n or k6p % BLOCK or w.s6 is None or w.s6.shape != (n, k6p // BLOCK):
+      raise ValueError(f"w6.shape={w.w6.shape}, s6.shape={getattr(w.s6, 'shape', None)}; "
+                       f"expected ({n}, K6p), ({n}, K6p/{BLOCK}) with K6p a multiple of {BLOCK}")
+  if w.s4.shape != (n, k4p // BLOCK):
+    raise ValueError(f"s4.shape={w.s4.shape}, expected ({n}, {k4p // BLOCK})")
+  if kt != k4p + k6p or x_s.shape != (m, kt // BLOCK):
+    raise ValueError(f"x_e.shape={x_e.shape}, x_s.shape={x_s.shape}; expected ({m}, "
+                     f"{k4p + k6p}) = K4p + K6p and ({m}, {(k4p + k6p) // BLOCK}); quantize x "
+                     f"with mx.mx_quantize_act(x, k6) to match the weights' layout")
+  return m, n, k4p, k6p
+
+
+_STATIC = ("out_dtype", "use_fp8", "interpret", "config")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def mx_matmul(
+    x_e: jax.Array,  # [M, Kt] float8_e4m3fn MXFP8 elements (mx.mx_quantize_act)
+    x_s: jax.Array,  # [M, Kt/32] uint8 E8M0
+    w: MXWeights,    # MXFP4 [N, K4p/2] (+ MXFP6 [N, K6p]) weights (mx.mx_quantize_weight)
+    *,
+    out_dtype=jnp.bfloat16,
+    use_fp8: bool | None = None,
+    interpret: bool = False,
+    config: KernelConfig | None = None,
+) -> jax.Array:  # [M, N] out_dtype
+  """Pallas MXFP8 x MXFP4(/MXFP6) GEMM with E8M0 block scales applied per 32-wide K step."""
+  m, n, k4p, k6p = _check(x_e, x_s, w)
+  use_fp8 = _default_use_fp8() if use_fp8 is None else use_fp8
+  cfg = config or select_config("mx", m, n, k4p + k6p)
+  bm = max(16, min(cfg.block_m, _shapes.next_pow2(m)))
+  bn = _shapes.pow2_divisor(n, cfg.block_n)
+  nb4 = k4p // PACK_BLOCK
+  u = max(1, _shapes.pow2_divisor(nb4, max(1, cfg.block_k // PACK_BLOCK)))
+  num_m, num_n = pl.cdiv(m, bm), n // bn
+  mp = num_m * bm
+  if mp != m:  # pad rows (zeros: E8M0 code 0 and zero elements give zero rows, sliced off)
+    x_e = jnp.pad(x_e, ((0, mp - m), (0, 0)))
+    x_s = jnp.pad(x_s, ((0, mp - m), (0, 0)))
+  ids = functools.partial(_tile_ids, num_m=num_m, num_n=num_n, group_m=cfg.group_m)
+  rows = lambda i: (ids(i)[0], 0)
+  cols = lambda i: (ids(i)[1], 0)
+  in_specs = [pl.BlockSpec((bm, x_e.shape[1]), rows), pl.BlockSpec((bm, x_s.shape[1]), rows),
+              pl.BlockSpec((bn, w.w4.shape[1]), cols), pl.BlockSpec((bn, w.s4.shape[1]), cols)]
+  w6 = w.w6
+  if not use_fp8:  # pre-Ada Triton cannot convert from float8: widen the f8 operands in XLA
+    x_e = x_e.astype(jnp.bfloat16)
+    w6 = w6.astype(jnp.bfloat16) if k6p else None
+  args = [x_e, x_s, w.w4, w.s4]
+  if k6p:
+    in_specs += [pl.BlockSpec((bn, k6p), cols), pl.BlockSpec((bn, w.s6.shape[1]), cols)]
+    args += [w6, w.s6]
+
+  def kernel_fn(*refs):
+    refs = list(refs)
+    if not k6p:
+      refs[4:4] = [None, None]
+    _mx_kernel(*refs, nb4=nb4, nb6=k6p // BLOCK, k4p=k4p, u=u, use_fp8=use_fp8)
+
+  out = pl.pallas_call(
+      kernel_fn,
+      grid=(num_m * num_n,),
+      in_specs=in_specs,
+      out_specs=pl.BlockSpec((bm, bn), ids),
+      out_shape=jax.ShapeDtypeStruct((mp, n), out_dtype),
+      compiler_params=compiler_params(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+      interpret=interpret,
+      name="mx_matmul",
+  )(*args)
+  return out[:m] if mp != m else out
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def mx_matmul_reference(x_e, x_s, w, *, out_dtype=jnp.bfloat16, use_fp8=None, interpret=False,
+                        config=None):
+  """Plain-jnp mx_matmul: exact float32 decode of both operands, HIGHEST-precision contraction."""
+  del use_fp8, interpret, config
+  _check(x_e, x_s, w)
+  y = jax.lax.dot_general(dequantize_act(x_e, x_s), dequantize_weight(w), _NT,
+                          precision=jax.lax.Precision.HIGHEST)
+  return y.astype(out_dtype)

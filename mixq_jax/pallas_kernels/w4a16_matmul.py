@@ -1,0 +1,85 @@
+"""W4A16 matmul (AWQ g128): int4 asymmetric weights, 16-bit activations.
+
+Shape letters: M tokens, N output features, K input features, Kp = K padded to 128, G = Kp / group.
+
+    W[n, k] = (q[n, k] - zero[g, n]) * scale[g, n],   g = k // group,  q in [0, 15]
+    y = x @ W.T (+ bias)
+
+Weights come from `int4_pack.quantize_w4_asym` (layout and padding there). In registers the
+kernel converts q to 16-bit (exact) and computes per group acc += scale * (x.q - sum(x) * zero)
+on the float32 accumulator (see `_w4_common`), which is algebraically the dequantized product.
+
+Exact vs rounded: q, zero and the products x * q are exact; the group partial sums, the zero
+correction and the scaling are float32; the reference does the same algebra in float32 HIGHEST,
+so the two differ only by float32 summation order before the final cast. (A kernel that rounded
+the dequantized W to bf16 first, as AWQ's CUDA kernels do, would differ from both by ~2^-9.)
+Tuned for decode (M <= 16, split-K), correct for any M; any K (padded), N a multiple of 16.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from mixq_jax.pallas_kernels import _shapes
+from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, pad_x, w4_matmul
+from mixq_jax.pallas_kernels.configs import KernelConfig
+from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, unpack_int4
+
+_STATIC = ("out_dtype", "interpret", "config")
+
+
+def _check(x, w_q, scale, zero, bias):
+  _shapes.check_2d("x", x, (jnp.bfloat16, jnp.float16))
+  if w_q.dtype != jnp.uint8:
+    raise ValueError(f"w_q.dtype={w_q.dtype}: asymmetric int4 weights are packed as uint8")
+  n, kp = check_packed_w(w_q)
+  m, k = x.shape
+  if k > kp:
+    raise ValueError(f"x.shape={x.shape} has K={k} > padded weight K={kp} (w_q.shape={w_q.shape})")
+  g = scale.shape[0]
+  if scale.shape != (g, n) or zero.shape != (g, n) or g == 0 or kp % g:
+    raise ValueError(f"scale.shape={scale.shape}, zero.shape={zero.shape}; expected (G, {n}) "
+                     f"with G dividing Kp={kp}")
+  if (kp // g) % PACK_BLOCK:
+    raise ValueError(f"group={kp // g} must be a multiple of {PACK_BLOCK}")
+  if bias is not None:
+    _shapes.check_vec("bias", bias, n)
+  return m, n, kp
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def w4a16_matmul(
+    x: jax.Array,      # [M, K] bf16 / fp16
+    w_q: jax.Array,    # [N, Kp/2] uint8, int4_pack layout
+    scale: jax.Array,  # [G, N] bf16 (or f32)
+    zero: jax.Array,   # [G, N] bf16 (or f32), integer values in [0, 15]
+    bias: jax.Array | None = None,  # [N]
+    *,
+    out_dtype=None,    # default: x.dtype
+    interpret: bool = False,
+    config: KernelConfig | None = None,
+) -> jax.Array:  # [M, N]
+  """Pallas int4 (asymmetric, grouped) weight x 16-bit activation GEMM."""
+  _, _, kp = _check(x, w_q, scale, zero, bias)
+  plan = _Plan(xmode="f16", wmode="asym", has_sx=False, has_sw=False, has_zp=False,
+               has_bias=bias is not None, has_outliers=False)
+  return w4_matmul(pad_x(x, kp), w_q, plan=plan, kernel="w4a16", scale=scale, zero=zero,
+                   bias=bias, out_dtype=out_dtype or x.dtype, interpret=interpret, config=config)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def w4a16_matmul_reference(x, w_q, scale, zero, bias=None, *, out_dtype=None, interpret=False,
+                           config=None):
+  """Plain-jnp w4a16_matmul: the same per-group algebra in float32 (HIGHEST precision)."""
+  del interpret, config
+  m, n, kp = _check(x, w_q, scale, zero, bias)
+  g = scale.shape[0]
+  xf = pad_x(x, kp).astype(jnp.float32).reshape(m, g, kp // g)  # [M, G, gs]
+  q = unpack_int4(w_q).astype(jnp.float32).reshape(n, g, kp // g)  # [N, G, gs]
+  d = jnp.einsum("mgk,ngk->mgn", xf, q, precision=jax.lax.Precision.HIGHEST)
+  d = d - jnp.sum(xf, axis=2)[:, :, None] * zero.astype(jnp.float32)[None]
+  y = jnp.sum(d * scale.astype(jnp.float32)[None], axis=1)
+  if bias is not None:
+    y = y + bias.astype(jnp.float32)[None, :]
+  return y.astype(out_dtype or x.dtype)

@@ -1,0 +1,48 @@
+import jax
+import jax.numpy as jnp
+import pytest
+
+from mixq_jax.pallas_kernels import KernelConfig, mx, mx_matmul, mx_matmul_reference
+from kernel_testutil import INTERPRET, keys, rel_err
+
+SMALL = KernelConfig(block_m=16, block_n=32, block_k=128, num_warps=4, num_stages=2, group_m=2)
+
+
+@pytest.mark.parametrize("m,k,k6", [(1, 256, 0), (7, 576, 64), (33, 320, 32)])
+@pytest.mark.parametrize("use_fp8", [False, True])
+def test_mx_matmul(m, k, k6, use_fp8):
+  n = 48
+  kx, kw = keys(2)
+  x = jax.random.normal(kx, (m, k), jnp.bfloat16)
+  w = jax.random.normal(kw, (n, k))
+  wq = mx.mx_quantize_weight(w, k6)
+  x_e, x_s = mx.mx_quantize_act(x, k6)
+  got = mx_matmul(x_e, x_s, wq, use_fp8=use_fp8, out_dtype=jnp.float32, interpret=INTERPRET,
+                  config=SMALL)
+  want = mx_matmul_reference(x_e, x_s, wq, out_dtype=jnp.float32)
+  assert got.shape == (m, n)
+  assert rel_err(got, want) < 1e-6  # exact products; float32 summation order only
+  # The reference is the product of the MX-rounded operands (in the padded layout).
+  k4p, _ = mx.split_layout(k, k6)
+  xr = jnp.concatenate([mx.fake_quantize(jnp.pad(x[:, : k - k6], ((0, 0), (0, k4p - k + k6))),
+                                         "fp8")] +
+                       ([mx.fake_quantize(x[:, k - k6:], "fp8")] if k6 else []), axis=1)
+  wr = mx.dequantize_weight(wq)
+  assert rel_err(want, xr[:, : wr.shape[1]] @ wr.T) < 1e-6
+
+
+def test_mx_matmul_default_config_bf16_out():
+  kx, kw = keys(2)
+  x = jax.random.normal(kx, (20, 256), jnp.bfloat16)
+  wq = mx.mx_quantize_weight(jax.random.normal(kw, (64, 256)))
+  x_e, x_s = mx.mx_quantize_act(x)
+  got = mx_matmul(x_e, x_s, wq, interpret=INTERPRET)
+  assert got.dtype == jnp.bfloat16
+  assert rel_err(got, mx_matmul_reference(x_e, x_s, wq)) < 4e-3
+
+
+def test_mx_matmul_layout_mismatch():
+  wq = mx.mx_quantize_weight(jnp.ones((32, 256)), k6=64)
+  x_e, x_s = mx.mx_quantize_act(jnp.ones((2, 256)))  # no MXFP6 split: wrong layout
+  with pytest.raises(ValueError, match="mx_quantize_act"):
+    mx_matmul(x_e, x_s, wq)

@@ -1,0 +1,55 @@
+import jax
+import jax.numpy as jnp
+import pytest
+
+from mixq_jax.pallas_kernels import KernelConfig, w4a16_matmul, w4a16_matmul_reference
+from mixq_jax.pallas_kernels.int4_pack import dequantize_w4_asym, quantize_w4_asym
+from kernel_testutil import INTERPRET, keys, rel_err
+
+
+@pytest.mark.parametrize("m,n,k,split_k,bias", [(1, 64, 256, 2, False), (7, 96, 576, 1, True),
+                                                (33, 48, 320, 2, True)])
+def test_w4a16(m, n, k, split_k, bias):
+  kx, kw, kb = keys(3)
+  x = jax.random.normal(kx, (m, k), jnp.bfloat16)
+  w_q, s, z = quantize_w4_asym(jax.random.normal(kw, (n, k)))
+  b = jax.random.normal(kb, (n,), jnp.bfloat16) if bias else None
+  cfg = KernelConfig(block_m=16, block_n=32, block_k=256, num_warps=4, num_stages=2, group_m=2,
+                     split_k=split_k)
+  got = w4a16_matmul(x, w_q, s, z, b, out_dtype=jnp.float32, interpret=INTERPRET, config=cfg)
+  want = w4a16_matmul_reference(x, w_q, s, z, b, out_dtype=jnp.float32)
+  assert got.shape == (m, n)
+  assert rel_err(got, want) < 1e-5
+  # The reference is the dequantized product.
+  deq = x.astype(jnp.float32) @ dequantize_w4_asym(w_q, s, z, k).T
+  deq = deq + (b.astype(jnp.float32) if bias else 0)
+  assert rel_err(want, deq) < 1e-5
+
+
+def test_w4a16_default_config_bf16_out():
+  kx, kw = keys(2)
+  x = jax.random.normal(kx, (20, 256), jnp.bfloat16)
+  w_q, s, z = quantize_w4_asym(jax.random.normal(kw, (128, 256)))
+  got = w4a16_matmul(x, w_q, s, z, interpret=INTERPRET)
+  assert got.dtype == jnp.bfloat16
+  assert rel_err(got, w4a16_matmul_reference(x, w_q, s, z)) < 4e-3
+
+
+def test_w4a16_errors():
+  w_q, s, z = quantize_w4_asym(jnp.ones((32, 256)))
+  with pytest.raises(ValueError, match="K=384"):
+    w4a16_matmul(jnp.ones((2, 384), jnp.bfloat16), w_q, s, z)
+  with pytest.raises(ValueError, match="uint8"):
+    w4a16_matmul(jnp.ones((2, 256), jnp.bfloat16), w_q.astype(jnp.int8), s, z)
+
+
+def test_w4a16_large_m_dequant_path():
+  """block_m >= 64 dequantizes W to bf16 in registers (rounded like AWQ): close, not exact."""
+  kx, kw = keys(2)
+  m, n, k = 70, 64, 576
+  x = jax.random.normal(kx, (m, k), jnp.bfloat16)
+  w_q, s, z = quantize_w4_asym(jax.random.normal(kw, (n, k)))
+  cfg = KernelConfig(block_m=64, block_n=32, block_k=128, num_warps=4, num_stages=2, group_m=2)
+  got = w4a16_matmul(x, w_q, s, z, out_dtype=jnp.float32, interpret=INTERPRET, config=cfg)
+  want = w4a16_matmul_reference(x, w_q, s, z, out_dtype=jnp.float32)
+  assert 0 < rel_err(got, want) < 4e-3
