@@ -15,18 +15,18 @@ HAS_GPU = any(d.platform == "gpu" for d in jax.devices())
 
 
 def asset(rel: str) -> pathlib.Path:
-    """Path of a ../shared asset; skips (or fails in CI) when it is absent."""
-    p = SHARED / rel
-    if not p.exists():
-        msg = f"missing shared asset {p}"
-        if REQUIRE_ASSETS:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return p
+  """Path of a ../shared asset; skips (or fails in CI) when it is absent."""
+  p = SHARED / rel
+  if not p.exists():
+    msg = f"missing shared asset {p}"
+    if REQUIRE_ASSETS:
+      pytest.fail(msg)
+    pytest.skip(msg)
+  return p
 
 
 def pytest_collection_modifyitems(config, items):
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if "gpu" in item.keywords and not HAS_GPU:
-            item.add_marker(skip_gpu)
+  skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+  for item in items:
+    if "gpu" in item.keywords and not HAS_GPU:
+      item.add_marker(skip_gpu)
