@@ -2,7 +2,7 @@
 PyTorch peer, on real model shapes with random weights created on the device.
 
     python bench/throughput.py --model llama-2-7b --scheme all --batch-size 1,16,64,256 \\
-        --prompt-len 128 --decode-len 128 [--ppl-batch 32] [--peer auto|on|off] [--json OUT] [--plots DIR]
+        --prompt-len 128 --decode-len 128 [--ppl-batch 32] [--peer auto|on|off] [--tp N] [--json OUT] [--plots DIR]
 
 --model is a preset of bench/presets.py (llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b, mistral-7b,
 qwen2-7b, falcon-7b, tiny) or a local HF directory / config.json (its shapes, random weights), or
@@ -29,6 +29,11 @@ The PPL benchmark (--ppl-batch) times the perplexity forward of mixq_jax.eval.pp
 WikiText-2 windows of --ppl-ctx tokens, in windows/s ("it/s"). Presets have no tokenizer, so the text
 is tokenized bytewise (UTF-8 byte + 3, a stand-in: the speed of a forward does not depend on which
 tokens it reads, and the outlier sets are frozen for timing).
+
+--tp N shards every scheme over N devices (mixq_jax.sharding: Megatron column/row split, KV cache by
+kv heads, the Pallas kernels under shard_map). Random weights are then created directly in their
+shards, so a preset that does not fit one device never exists whole. Memory is per device (device
+0); bandwidth is the aggregate over the N devices, against N times the one-device copy bandwidth.
 
 The peer (--peer, default on when torch sees a GPU): transformers bf16 with its static cache,
 `generate(cache_implementation="static")`, same architecture (same config dict), same B/P/D, in a
@@ -62,7 +67,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import presets  # noqa: E402
-from mixq_jax import generate, runtime, schemes  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+
+from mixq_jax import generate, runtime, schemes, sharding  # noqa: E402
 from mixq_jax.config import ModelConfig  # noqa: E402
 from mixq_jax.models import common  # noqa: E402
 from mixq_jax.models.transformer import Transformer, init_variables, layer_paths  # noqa: E402
@@ -128,6 +135,28 @@ def tree_bytes(tree) -> int:
   return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(tree))
 
 
+def device0_bytes(tree) -> int:
+  """Bytes of a tree's arrays held by the first device (all of it without a mesh)."""
+  d0 = jax.devices()[0]
+  return sum(s.data.nbytes for a in jax.tree_util.tree_leaves(tree) for s in a.addressable_shards if s.device == d0)
+
+
+def variable_shardings(abstract: dict, mesh) -> Any:
+  """NamedSharding per leaf, as mixq_jax.sharding places the variables."""
+  specs = sharding.variable_specs(abstract, mesh.shape[sharding.AXIS])
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def with_shardings(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def cache_shardings(cfg: ModelConfig, abstract_cache: dict, mesh) -> dict:
+  rep = NamedSharding(mesh, PartitionSpec())
+  kv = NamedSharding(mesh, sharding.cache_spec(cfg.num_kv_heads, mesh.shape[sharding.AXIS]))
+  return {"pos": rep, "layers": [{k: kv for k in layer} for layer in abstract_cache["layers"]]}
+
+
 def weight_bytes_per_step(cfg: ModelConfig, variables: dict) -> int:
   """Bytes of parameters a decode step reads: all but the embedding table (one row gathered per
   token), unless the head reads it (tied embeddings)."""
@@ -151,7 +180,7 @@ def _greedy(logits):  # [B, V] -> [B]
 def prefill_program(model, variables, tokens, positions, *, slots):
   """tokens, positions [B, P] -> (first generated token [B], cache of `slots` slots)."""
   b = tokens.shape[0]
-  cache = common.init_cache(model.cfg, b, slots, model.param_dtype)
+  cache = common.init_cache(model.cfg, b, slots, model.param_dtype, mesh=model.mesh)
   logits, cache, _ = generate.prefill(model, variables, tokens, positions, cache)
   return _greedy(logits), cache
 
@@ -261,21 +290,24 @@ def copy_bandwidth(nbytes: int = 1 << 30, reps: int = 10) -> float:
 
 # --------------------------------------------------------------------------------- the benchmark
 
-def random_variables(cfg: ModelConfig, scheme: str, capacity: int, seed: int) -> dict:
+def random_variables(cfg: ModelConfig, scheme: str, capacity: int, seed: int, mesh=None) -> dict:
   """Random variables of the scheme's stored form, made leaf by leaf on the device.
 
   The layout comes from `init_variables` traced abstractly (no device work); each leaf is then
   filled by a small jitted generator per (shape, dtype, kind), so a 32..80-layer model costs a
   handful of tiny compilations instead of one of the whole `model.init` (minutes at 7B on a GPU),
-  and never holds a float copy of an int8 weight."""
+  and never holds a float copy of an int8 weight. With a mesh each leaf is generated directly in
+  its shards (the generator's out_shardings), so the whole model never sits on one device."""
   plan = make_plan(cfg, scheme, capacity)
   dtype = jnp.float32 if scheme == "fp32" else jnp.bfloat16
   shapes = jax.eval_shape(lambda: init_variables(cfg, jax.random.PRNGKey(0), dtype, plan))
   key = jax.random.PRNGKey(seed)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-  filled = [_fill(jax.random.fold_in(key, i), a.shape, a.dtype, _leaf_kind(path, a))
-            for i, (path, a) in enumerate(leaves)]
-  return fill_outliers(jax.tree_util.tree_unflatten(treedef, filled), jax.random.fold_in(key, len(leaves)))
+  places = [None] * len(leaves) if mesh is None else jax.tree_util.tree_leaves(variable_shardings(shapes, mesh))
+  filled = [_filler(place)(jax.random.fold_in(key, i), a.shape, a.dtype, _leaf_kind(path, a))
+            for i, ((path, a), place) in enumerate(zip(leaves, places))]
+  variables = fill_outliers(jax.tree_util.tree_unflatten(treedef, filled), jax.random.fold_in(key, len(leaves)))
+  return variables if mesh is None else sharding.shard_variables(variables, mesh)  # places the outlier state
 
 
 def _leaf_kind(path, a) -> str:
@@ -291,7 +323,13 @@ def _leaf_kind(path, a) -> str:
   return "normal"  # embed, 16-bit weights, mix8 w_o
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "dtype", "kind"))
+@functools.lru_cache(maxsize=None)
+def _filler(place):
+  """The jitted leaf generator, its output placed as `place` (a NamedSharding, or None: default device)."""
+  kw = {} if place is None else {"out_shardings": place}
+  return jax.jit(_fill, static_argnames=("shape", "dtype", "kind"), **kw)
+
+
 def _fill(key, shape, dtype, kind):
   if kind == "int8":  # uniform over the int8 range, no int32 intermediate
     return jax.lax.bitcast_convert_type(jax.random.bits(key, shape, jnp.uint8), jnp.int8)
@@ -307,20 +345,37 @@ def _fill(key, shape, dtype, kind):
 def benchmark(cfg: ModelConfig, scheme_names: list[str], batches: list[int], prompt_lens: list[int],
               decode_len: int, *, ppl_batches: Sequence[int] = (), ppl_ctx: int = 512, ppl_tokens=None,
               capacity: int = DEFAULT_CAPACITY, impl: str = "auto", reps: int = 3, workers: int = 8,
-              loaded=None, log=print, on_record=None) -> list[dict]:
+              loaded=None, log=print, on_record=None, tp: int = 1) -> list[dict]:
   """Runs every scheme x batch x prompt length (decode + prefill) and every scheme x ppl batch and
   returns one record per configuration. `loaded` (a runtime.LoadedModel) replaces the random
-  weights and the plan by a checkpoint's own (scheme_names then names its one scheme)."""
+  weights and the plan by a checkpoint's own (scheme_names then names its one scheme; with tp > 1
+  it must already be sharded, runtime.load(tp=...)). tp > 1 shards over that many devices."""
   impl = runtime.resolve_impl(impl)
   limit = _mem_stats().get("bytes_limit")
+  mesh = None
+  if tp > 1:
+    sharding.check_divisible(cfg, tp)
+    mesh = loaded.model.mesh if loaded is not None else sharding.make_mesh(tp)
+  rep = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+  put = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, rep))  # noqa: E731
   if loaded is not None:
     models = {s: loaded.model for s in scheme_names}
     make_vars = lambda s: loaded.variables  # noqa: E731
   else:
-    models = {s: Transformer(cfg, jnp.float32 if s == "fp32" else jnp.bfloat16, impl, make_plan(cfg, s, capacity))
+    models = {s: Transformer(cfg, jnp.float32 if s == "fp32" else jnp.bfloat16, impl, make_plan(cfg, s, capacity),
+                             mesh=mesh)
               for s in scheme_names}
-    make_vars = lambda s: random_variables(cfg, s, capacity, seed=0)  # noqa: E731
+    make_vars = lambda s: random_variables(cfg, s, capacity, seed=0, mesh=mesh)  # noqa: E731
   abstract_vars = {s: jax.eval_shape(lambda s=s: make_vars(s)) for s in scheme_names}
+  if mesh is not None:  # compiled programs take exactly these placements
+    abstract_vars = {s: with_shardings(av, variable_shardings(av, mesh)) for s, av in abstract_vars.items()}
+
+  def abstract(shape, dtype=jnp.int32):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=rep)
+
+  def abstract_cache(b, slots, dtype):
+    c = jax.eval_shape(lambda: common.init_cache(cfg, b, slots, dtype))
+    return c if mesh is None else with_shardings(c, cache_shardings(cfg, c, mesh))
 
   jobs: dict[Any, Any] = {}
   for s in scheme_names:
@@ -328,14 +383,14 @@ def benchmark(cfg: ModelConfig, scheme_names: list[str], batches: list[int], pro
     for b in batches:
       for p in prompt_lens:
         slots = p + decode_len
-        tok = jax.ShapeDtypeStruct((b, p), jnp.int32)
+        tok = abstract((b, p))
         jobs[("prefill", s, b, p)] = functools.partial(prefill_program.lower, m, av, tok, tok, slots=slots)
-        cache = jax.eval_shape(lambda b=b, slots=slots, m=m: common.init_cache(cfg, b, slots, m.param_dtype))
-        vec = jax.ShapeDtypeStruct((b,), jnp.int32)
-        jobs[("decode", s, b, p)] = functools.partial(decode_program.lower, m, av, cache, vec, vec,
-                                                      jax.ShapeDtypeStruct((), jnp.int32), steps=decode_len)
+        cache = abstract_cache(b, slots, m.param_dtype)
+        vec = abstract((b,))
+        jobs[("decode", s, b, p)] = functools.partial(decode_program.lower, m, av, cache, vec, vec, abstract(()),
+                                                      steps=decode_len)
     for b in ppl_batches:
-      tok = jax.ShapeDtypeStruct((b, ppl_ctx), jnp.int32)
+      tok = abstract((b, ppl_ctx))
       jobs[("ppl", s, b, ppl_ctx)] = functools.partial(ppl_program().lower, m, av, tok, detect=False)
   log(f"compiling {len(jobs)} programs ({workers} threads) ...")
   t0 = time.perf_counter()
@@ -354,21 +409,22 @@ def benchmark(cfg: ModelConfig, scheme_names: list[str], batches: list[int], pro
     t0 = time.perf_counter()
     variables = make_vars(s)
     jax.block_until_ready(variables)
-    resident = tree_bytes(variables)
+    resident = device0_bytes(variables)  # per device (all of it without a mesh)
     w_step = weight_bytes_per_step(cfg, variables)
     log(f"[{s}] weights {resident / 1e9:.2f} GB created in {time.perf_counter() - t0:.1f}s")
     for p in prompt_lens:
       for b in batches:
         rec = dict(scheme=s, batch=b, prompt_len=p, decode_len=decode_len, decode_tok_s=None, prefill_tok_s=None,
                    peak_mem_bytes=None, speedup_vs_bf16=None, prefill_speedup_vs_bf16=None, weight_bytes=w_step,
-                   kv_bytes=cache_bytes(cfg, b, p + decode_len, models[s].param_dtype), status="ok")
+                   kv_bytes=cache_bytes(cfg, b, p + decode_len, models[s].param_dtype), tp=tp, status="ok")
         cp, cd = compiled[("prefill", s, b, p)], compiled[("decode", s, b, p)]
         err = next((c for c in (cp, cd) if isinstance(c, Exception)), None)
         if err is not None:
           rec["status"] = f"compile failed: {type(err).__name__}: {str(err)[:200]}"
           emit(rec)
           continue
-        peak = resident + rec["kv_bytes"] + max(temp_bytes(cp), temp_bytes(cd))
+        kv_split = mesh is not None and cfg.num_kv_heads % tp == 0
+        peak = resident + rec["kv_bytes"] // (tp if kv_split else 1) + max(temp_bytes(cp), temp_bytes(cd))
         rec["peak_mem_bytes"] = peak
         if limit and peak > limit:
           rec["status"] = f"skipped: needs ~{peak / 1e9:.1f} GB of {limit / 1e9:.1f} GB"
@@ -376,13 +432,16 @@ def benchmark(cfg: ModelConfig, scheme_names: list[str], batches: list[int], pro
           log(f"[{s}] B={b} P={p}: {rec['status']}")
           continue
         try:
-          tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (b, p)), jnp.int32)
-          positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
+          tokens = put(jnp.asarray(rng.integers(0, cfg.vocab_size, (b, p)), jnp.int32))
+          positions = put(jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p)))
           t_pre = time_median(lambda: jax.block_until_ready(cp(variables, tokens, positions)), reps)
           first, cache = cp(variables, tokens, positions)
+          first = put(first)
+          if mesh is not None:
+            cache = jax.device_put(cache, cache_shardings(cfg, cache, mesh))
           state = {"cache": cache}
-          pos = jnp.full((b,), p, jnp.int32)
-          start = jnp.int32(p)
+          pos = put(jnp.full((b,), p, jnp.int32))
+          start = put(jnp.int32(p))
 
           def run_decode():
             out, state["cache"] = cd(variables, state["cache"], first, pos, start)
@@ -404,7 +463,7 @@ def benchmark(cfg: ModelConfig, scheme_names: list[str], batches: list[int], pro
             f"prefill {rec['prefill_tok_s']:.0f} tok/s")
     for b in ppl_batches:
       rec = dict(scheme=s, kind="ppl", batch=b, n_ctx=ppl_ctx, it_s=None, tok_s=None, speedup_vs_bf16=None,
-                 status="ok")
+                 tp=tp, status="ok")
       c = compiled[("ppl", s, b, ppl_ctx)]
       if isinstance(c, Exception):
         rec["status"] = f"compile failed: {type(c).__name__}: {str(c)[:200]}"
@@ -417,7 +476,7 @@ def benchmark(cfg: ModelConfig, scheme_names: list[str], batches: list[int], pro
         emit(rec)
         log(f"[{s}] ppl B={b}: {rec['status']}")
         continue
-      windows = _ppl_windows(ppl_tokens, b, ppl_ctx, cfg.vocab_size, rng)
+      windows = put(_ppl_windows(ppl_tokens, b, ppl_ctx, cfg.vocab_size, rng))
       try:
         t = time_median(lambda: jax.block_until_ready(c(variables, windows)), reps)
       except Exception as e:  # noqa: BLE001
@@ -576,6 +635,8 @@ def _mem(n):
 def format_tables(records: list[dict], info: dict) -> str:
   """Markdown: one generation table per scheme (upstream MixQ columns + ratios), then the PPL table."""
   bw = info.get("copy_bw_bytes_s")
+  if bw:
+    bw *= info.get("tp", 1)  # aggregate bandwidth of the devices the model is split over
   lines = []
   gen = [r for r in records if r.get("kind") != "ppl"]
   for s in dict.fromkeys(r["scheme"] for r in gen):
@@ -610,8 +671,10 @@ def format_tables(records: list[dict], info: dict) -> str:
 
 def header(info: dict, model: str, impl: str) -> str:
   bw = info.get("copy_bw_bytes_s")
-  return (f"model {model} | device {info['device']} | jax {info['jax']} (jaxlib {info['jaxlib']}) | impl {impl} | "
-          f"{info['date']}" + (f" | copy bandwidth {bw / 1e9:.0f} GB/s" if bw else ""))
+  tp = info.get("tp", 1)
+  return (f"model {model} | device {info['device']}" + (f" x {tp} (tensor parallel)" if tp > 1 else "") +
+          f" | jax {info['jax']} (jaxlib {info['jaxlib']}) | impl {impl} | "
+          f"{info['date']}" + (f" | copy bandwidth {bw / 1e9:.0f} GB/s per device" if bw else ""))
 
 
 PEER_FLAG = "--_peer"  # internal: `throughput.py --_peer SPEC.json OUT.json` runs torch_peer
@@ -641,6 +704,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   ap.add_argument("--data", default=None, help="perplexity text (default: WikiText-2 test in $MIXQ_DATA_DIR)")
   ap.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY, help="outlier slots per site (default 128)")
   ap.add_argument("--impl", default="auto", choices=runtime.IMPLS, help="how quantized layers run (default auto)")
+  ap.add_argument("--tp", type=int, default=1,
+                  help="tensor-parallel degree: shard every scheme over this many devices (default 1; memory is "
+                       "then per device, bandwidth the aggregate)")
   ap.add_argument("--reps", type=int, default=3, help="timed repetitions after the warm-up (median kept)")
   ap.add_argument("--compile-workers", type=int, default=min(8, os.cpu_count() or 1),
                   help="threads compiling programs in parallel")
@@ -662,10 +728,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
       raise SystemExit(f"--{name} values must be >= 1, got {vals}")
   if args.decode_len < 1:
     raise SystemExit(f"--decode-len={args.decode_len} must be >= 1")
+  if not 1 <= args.tp <= len(jax.devices()):
+    raise SystemExit(f"--tp {args.tp} needs that many devices; this machine has {len(jax.devices())}")
 
   lm, tokenizer, hf_cfg = None, None, None
   if args.ckpt:
-    lm = runtime.load(ckpt=args.ckpt, impl=args.impl)
+    lm = runtime.load(ckpt=args.ckpt, impl=args.impl, tp=args.tp)
     cfg, scheme_names, tokenizer = lm.config, [lm.quant.get("scheme", "bf16")], lm.tokenizer
     model_name = args.ckpt
     log(f"checkpoint {args.ckpt}: scheme {scheme_names[0]} (only this scheme is timed)")
@@ -683,13 +751,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     log(f"warning: {max_slots=} exceeds max_position_embeddings={cfg.max_position_embeddings}")
 
   peer_records: list[dict] = []
-  want_peer = args.peer == "on" or (args.peer == "auto" and hf_cfg is not None and torch_gpu_available())
+  want_peer = args.peer == "on" or (args.peer == "auto" and hf_cfg is not None and args.tp == 1
+                                     and torch_gpu_available())
   if want_peer and hf_cfg is not None:
     log("running the transformers peer (subprocess) ...")
     peer_records = run_peer(hf_cfg, batches, prompt_lens, args.decode_len, reps=args.reps,
                             compile_=args.peer_compile, log=log)
 
   info = device_info()
+  info["tp"] = args.tp
   info["copy_bw_bytes_s"] = copy_bandwidth(nbytes=(1 << 30) if info["platform"] == "gpu" else (1 << 24))
   impl = runtime.resolve_impl(args.impl)
   log(header(info, model_name, impl))
@@ -708,7 +778,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
   records = benchmark(cfg, scheme_names, batches, prompt_lens, args.decode_len, ppl_batches=ppl_batches,
                       ppl_ctx=args.ppl_ctx, ppl_tokens=ids, capacity=args.capacity, impl=args.impl, reps=args.reps,
-                      workers=args.compile_workers, loaded=lm, log=log, on_record=on_record)
+                      workers=args.compile_workers, loaded=lm, log=log, on_record=on_record, tp=args.tp)
   records = records + peer_records
   add_ratios(records)
   add_peer_ratios(records)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mixq_jax import pallas_kernels as pk
+from mixq_jax import sharding
 from mixq_jax.schemes import ACT_KIND, LayerQuant
 
 Array = jax.Array
@@ -48,6 +49,11 @@ def _pad_to(a: Array, axis: int, size: int) -> Array:
   return jnp.pad(a, pad)
 
 
+def _fit_k(a: Array, k: int, kp: int) -> Array:
+  """a [M, >=k] -> [M, kp]: its first k columns, zero-padded to the kernel's multiple of 16."""
+  return a if a.shape[1] == kp else _pad_to(a[:, :k], 1, kp)
+
+
 def _kernels(impl: str):
   """(quantize_act, w8a8, w8a8o16, w8a16, extra kwargs) for an impl."""
   if impl == "xla":
@@ -70,37 +76,95 @@ def outlier_weight_columns(params: dict[str, Array], qa: QAct) -> Array:
   return jnp.where((jnp.arange(c) < qa.calib_count)[None, :], w_o, deq)
 
 
-def qmatmul(qa: QAct, params: dict[str, Array], lq: LayerQuant, *, impl: str = "xla") -> Array:
-  """y [M, N] = the scheme's approximation of x Wᵀ (+ b), in the dtype of qa.x."""
-  out_dtype = qa.x.dtype
-  bias = params.get("bias")
+def qmatmul(qa: QAct, params: dict[str, Array], lq: LayerQuant, *, impl: str = "xla", mesh: Any = None,
+            role: str | None = None) -> Array:
+  """y [M, N] = the scheme's approximation of x Wᵀ (+ b), in the dtype of qa.x.
+
+  With a tensor-parallel `mesh` (axis "tp") and the Pallas kernels, the kernel runs per device
+  under shard_map: role "column" (W split along N) gives an N-split y; role "row" (W split along K)
+  sums the per-shard partial products with one psum (float32). XLA-only paths (bf16, impl="xla")
+  are left to the SPMD partitioner."""
   if lq.scheme in ("bf16", "fp32"):
     w = params["weight"]
     k = w.shape[1]
+    out_dtype = qa.x.dtype
     y = jnp.einsum("mk,nk->mn", qa.x[:, :k], w.astype(out_dtype), preferred_element_type=jnp.float32)
-    if bias is not None:
-      y = y + bias.astype(jnp.float32)
+    if params.get("bias") is not None:
+      y = y + params["bias"].astype(jnp.float32)
     return y.astype(out_dtype)
+  if lq.scheme in ("llm_int8", "mix8"):
+    # Gathered from the whole W (global column indices), before any shard_map splits W.
+    params = dict(params, w_o=outlier_weight_columns(params, qa))
+  if mesh is not None and impl != "xla" and mesh.size > 1:
+    return _sharded_qmatmul(qa, params, lq, impl, mesh, role)
+  return _local_qmatmul(qa, params, lq, impl)
 
-  quant_act, w8a8, w8a8o16, w8a16, kw = _kernels(impl)
+
+def _local_qmatmul(qa: QAct, params: dict[str, Array], lq: LayerQuant, impl: str, out_dtype=None,
+                   outlier_count: Array | None = None) -> Array:
+  """One device's product; params["w_o"] (outlier schemes) already holds the [N, C] 16-bit columns."""
+  out_dtype = out_dtype or qa.x.dtype
+  bias = params.get("bias")
+  _, w8a8, w8a8o16, w8a16, kw = _kernels(impl)
   w_q, s_w = params["w_q"], params["s_w"]
   n, k = w_q.shape
   np_, kp = _round16(n), _round16(k)  # the kernels need multiples of 16: zero-pad (exact)
   w_qp, s_wp = _pad_to(_pad_to(w_q, 1, kp), 0, np_), _pad_to(s_w, 0, np_)
   bias_p = None if bias is None else _pad_to(bias.astype(jnp.float32), 0, np_)
   if lq.scheme == "w8a16":
-    x16 = _pad_to(qa.x, 1, kp)
+    x16 = _fit_k(qa.x, k, kp)
     if x16.dtype not in (jnp.bfloat16, jnp.float16):
       x16 = x16.astype(jnp.bfloat16)
     y = w8a16(x16, w_qp, s_wp, bias_p, out_dtype=out_dtype, **kw)
   elif lq.scheme == "w8a8":
-    y = w8a8(qa.x_q, qa.s_x, w_qp, s_wp, bias_p, out_dtype=out_dtype, **kw)
+    y = w8a8(_fit_k(qa.x_q, k, kp), qa.s_x, w_qp, s_wp, bias_p, out_dtype=out_dtype, **kw)
   elif lq.scheme in ("llm_int8", "mix8"):
-    w_o = _pad_to(outlier_weight_columns(params, qa), 0, np_)
-    y = w8a8o16(qa.x_q, qa.s_x, w_qp, s_wp, qa.x_o, w_o, qa.count, bias_p, out_dtype=out_dtype, **kw)
+    w_o = _pad_to(params["w_o"], 0, np_)
+    count = qa.count if outlier_count is None else outlier_count
+    y = w8a8o16(_fit_k(qa.x_q, k, kp), qa.s_x, w_qp, s_wp, qa.x_o, w_o, count, bias_p,
+                out_dtype=out_dtype, **kw)
   else:
     raise ValueError(f"scheme {lq.scheme!r} has no matmul")
   return y[:, :n]
+
+
+def _sharded_qmatmul(qa: QAct, params: dict[str, Array], lq: LayerQuant, impl: str, mesh: Any,
+                     role: str | None) -> Array:
+  P = jax.sharding.PartitionSpec
+  ax = sharding.AXIS
+  tp = mesh.shape[ax]
+  n, k = params["w_q"].shape
+  out_dtype = qa.x.dtype
+  # Split exactly as sharding._spec placed the weight (a dimension that does not divide stays whole).
+  col = role == "column" and n % tp == 0
+  row = role == "row" and k % tp == 0
+  qa = qa._replace(x=qa.x[:, :k], x_q=None if qa.x_q is None else qa.x_q[:, :k])  # drop the site's 16-padding
+  rep = P()
+  p_specs = {name: rep for name in params}
+  qa_specs = QAct(*(None if f is None else rep for f in qa))
+  out_spec = rep
+  if col:
+    p_specs.update({name: P(ax) if name in ("s_w", "bias") else P(ax, None) for name in params
+                    if name in ("w_q", "s_w", "w_o", "bias")})
+    out_spec = P(None, ax)
+  elif row:
+    p_specs["w_q"] = P(None, ax)
+    qa_specs = qa_specs._replace(x=P(None, ax), x_q=None if qa.x_q is None else P(None, ax))
+
+  def body(qa_l: QAct, p_l: dict[str, Array]) -> Array:
+    if not row:
+      return _local_qmatmul(qa_l, p_l, lq, impl)
+    # Row-parallel: every shard multiplies its K slice; the 16-bit outlier product and the bias
+    # belong to the sum once, so only shard 0 adds them. Partials are summed in float32.
+    first = jax.lax.axis_index(ax) == 0
+    if "bias" in p_l:
+      p_l = dict(p_l, bias=jnp.where(first, p_l["bias"], jnp.zeros_like(p_l["bias"])))
+    count = None if qa_l.count is None else jnp.where(first, qa_l.count, 0).astype(jnp.int32)
+    y = _local_qmatmul(qa_l, p_l, lq, impl, out_dtype=jnp.float32, outlier_count=count)
+    return jax.lax.psum(y, ax).astype(out_dtype)
+
+  f = sharding.shard_map(body, mesh, in_specs=(qa_specs, p_specs), out_specs=out_spec)
+  return f(qa, params)
 
 
 def _randint8(key, shape, dtype=jnp.int8):
@@ -123,6 +187,7 @@ class ActQuant(nn.Module):
   lq: LayerQuant = BF16
   impl: str = "xla"
   calibrate: bool = False
+  mesh: Any = None  # tensor-parallel mesh: the Pallas kernel then runs replicated under shard_map
 
   @nn.compact
   def __call__(self, x: Array, valid: Array, detect: bool = False) -> QAct:
@@ -137,15 +202,17 @@ class ActQuant(nn.Module):
     kind = ACT_KIND[self.lq.scheme]
     if kind is None:
       return QAct(x=x2)
-    if self.lq.smooth:
-      inv = self.param("smooth_inv", nn.initializers.ones, (k,), jnp.float32)
-      x2 = (x2.astype(jnp.float32) * inv).astype(x2.dtype)
     kp = _round16(k)
     x2 = _pad_to(x2, 1, kp)
     quant_act = _kernels(self.impl)[0]
     kw = {} if self.impl == "xla" else {"interpret": self.impl == "interpret"}
+    if self.mesh is not None and self.impl != "xla" and self.mesh.size > 1:
+      quant_act = _replicated_call(quant_act, self.mesh)
     if kind == "int8":
-      qa = quant_act(x2, jnp.zeros((0,), jnp.int32), jnp.int32(0), **kw)
+      # SmoothQuant's x / s is fused into the quantization (float32, no rounded intermediate).
+      inv = self.param("smooth_inv", nn.initializers.ones, (k,), jnp.float32) if self.lq.smooth else None
+      qa = quant_act(x2, jnp.zeros((0,), jnp.int32), jnp.int32(0),
+                     col_scale=None if inv is None else _pad_to(inv, 0, kp), **kw)
       return QAct(x=x2, x_q=qa.x_q, s_x=qa.s_x)
     cap = self.lq.capacity
     absx = jnp.where(vmask, jnp.abs(x2.astype(jnp.float32)), 0.0)
@@ -167,6 +234,20 @@ class ActQuant(nn.Module):
     qa = quant_act(x2, idx, count, **kw)
     return QAct(x=x2, x_q=qa.x_q, s_x=qa.s_x, x_o=qa.x_outlier.astype(jnp.bfloat16), idx=idx, count=count,
                 calib_count=calib_count)
+
+
+def _replicated_call(fn, mesh):
+  """fn run on every device with whole (replicated) inputs and outputs: a Pallas call that the SPMD
+  partitioner cannot split. A K-split input (row-parallel sites) is all-gathered first, because the
+  per-token scale is a max over all of K."""
+  P = jax.sharding.PartitionSpec
+
+  def call(*args, **kwargs):
+    static = {k: v for k, v in kwargs.items() if not isinstance(v, jax.Array)}
+    dyn = {k: v for k, v in kwargs.items() if isinstance(v, jax.Array)}
+    body = lambda a, d: fn(*a, **d, **static)  # noqa: E731
+    return sharding.shard_map(body, mesh, in_specs=P(), out_specs=P())(args, dyn)
+  return call
 
 
 def _top_idx(scores: Array, c: int) -> Array:
@@ -206,6 +287,7 @@ class QuantDense(nn.Module):
   param_dtype: Any = jnp.bfloat16
   impl: str = "xla"
   lq: LayerQuant = BF16
+  mesh: Any = None  # tensor-parallel mesh (mixq_jax.sharding); the layer's name gives its role
 
   @nn.compact
   def __call__(self, qa: QAct | Array) -> Array:  # -> [M, N] (or [..., N] for an array input)
@@ -225,6 +307,7 @@ class QuantDense(nn.Module):
                          self.param("w_o", nn.initializers.normal(0.02), (n, self.lq.capacity), jnp.bfloat16))
     if self.use_bias:
       params["bias"] = self.param("bias", nn.initializers.zeros, (n,), self.param_dtype)
-    y = qmatmul(qa, params, self.lq, impl=self.impl)
+    role = None if self.mesh is None else sharding.layer_role(self.name)
+    y = qmatmul(qa, params, self.lq, impl=self.impl, mesh=self.mesh, role=role)
     return y if lead is None else y.reshape(*lead, n)
 

@@ -96,8 +96,9 @@ def load(source: str | None = None, ckpt: str | None = None, *, fp32: bool = Fal
   """Exactly one of `source` (HF dir | .gguf | alias such as "smollm2-135m") or `ckpt` (a directory
   written by `python -m mixq_jax.convert`). fp32 computes in float32 (parity checks); default bf16.
   impl: how quantized layers run (auto = Pallas kernels on a GPU, XLA elsewhere).
-  tp: tensor-parallel degree over the first tp devices (mixq_jax.sharding)."""
-  lm = _load(source, ckpt, fp32=fp32, impl=_impl_for_tp(impl, tp))
+  tp: tensor-parallel degree over the first tp devices (mixq_jax.sharding); the XLA path is split by
+  the SPMD partitioner, the Pallas kernels run under shard_map."""
+  lm = _load(source, ckpt, fp32=fp32, impl=impl)
   if tp > 1:
     from mixq_jax import sharding
 
@@ -106,15 +107,6 @@ def load(source: str | None = None, ckpt: str | None = None, *, fp32: bool = Fal
     lm.variables = sharding.shard_variables(lm.variables, mesh)
     lm.model = lm.model.clone(mesh=mesh)
   return lm
-
-
-def _impl_for_tp(impl: str, tp: int) -> str:
-  if tp > 1 and impl == "auto":
-    return "xla"  # XLA's SPMD partitioner splits the reference path; the Pallas calls are not partitioned
-  if tp > 1 and impl != "xla":
-    raise ValueError(f"--impl {impl} with --tp {tp}: the Pallas kernels are not partitioned across devices yet; "
-                     "use --impl xla (or auto) for tensor parallelism")
-  return impl
 
 
 def _load(source, ckpt, *, fp32, impl) -> LoadedModel:

@@ -15,6 +15,13 @@ gathering x_I [M, C] (C values per token) from the K shards. The per-token activ
 row-parallel layer is a max over all of K, which the partitioner computes with an all-reduce(max).
 
 Leaves whose split dimension does not divide by the mesh size are replicated (always correct).
+
+The Pallas kernels are custom calls that the SPMD partitioner cannot split, so with impl pallas
+(or interpret) each kernel call runs under `shard_map` (layers.qmatmul): a column-parallel layer
+multiplies its N shard and returns an N-split output; a row-parallel layer multiplies its K shard
+into a float32 partial, shard 0 alone adds the replicated outlier product and the bias, and one
+psum completes the sum. Activation quantization runs replicated on every device (the input of a
+row-parallel site is all-gathered first: its per-token scale is a max over all of K).
 """
 
 from __future__ import annotations
@@ -31,6 +38,21 @@ AXIS = "tp"
 COLUMN = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "query_key_value", "dense_h_to_4h", "lm_head"}
 ROW = {"o_proj", "down_proj", "dense", "dense_4h_to_h"}
 ROW_SITES = {"o_in", "down_in"}
+
+
+def layer_role(name: str) -> str | None:
+  """"column", "row" or None (replicated) for a Dense layer's module name."""
+  return "column" if name in COLUMN else "row" if name in ROW else None
+
+
+def shard_map(fn, mesh: Mesh, *, in_specs, out_specs):
+  """jax.shard_map with the replication check off (a Pallas call has no replication rule), across
+  the jax versions this package supports."""
+  if hasattr(jax, "shard_map"):
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+  from jax.experimental.shard_map import shard_map as legacy  # noqa: PLC0415 -- jax < 0.7
+
+  return legacy(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
 
 
 def make_mesh(tp: int) -> Mesh:
@@ -74,7 +96,8 @@ def variable_specs(variables: dict[str, Any], tp: int) -> Any:
   """A PartitionSpec for every leaf of {"params", "outliers"}."""
   def spec(path, leaf):
     keys = tuple(getattr(k, "key", str(k)) for k in path)
-    return _spec(keys if keys[0] == "params" else (), np.shape(leaf), tp)
+    shape = leaf.shape if hasattr(leaf, "shape") else np.shape(leaf)  # arrays or ShapeDtypeStructs
+    return _spec(keys if keys[0] == "params" else (), tuple(shape), tp)
   return jax.tree_util.tree_map_with_path(spec, variables)
 
 

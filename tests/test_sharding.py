@@ -1,5 +1,6 @@
 """Tensor parallelism: sharded and unsharded logits agree for bf16 and every 8-bit scheme, tp 2/4/8,
-on 8 host CPU devices (a subprocess, since the device count is fixed when jax starts)."""
+on 8 host CPU devices (a subprocess, since the device count is fixed when jax starts), on the XLA path
+and on the Pallas kernels (interpret mode) running under shard_map."""
 
 import json
 import os
@@ -40,10 +41,23 @@ def test_sharded_equals_unsharded():
   proc = subprocess.run([sys.executable, str(root / "tests" / "tp_worker.py")], capture_output=True, text=True,
                         env=env, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert len(results) == 2 * 5 * 3
+  data = json.loads(proc.stdout.strip().splitlines()[-1])
+  results = data["models"]
+  assert len(results) == 2 * 5 * 3 + 2 * 4 * 2
   for r in results:
     assert r["n_sharded_leaves"] > 0, r
     assert r["rel_err"] < 1e-4, r
     assert r["gen_equal"] in (None, True), r
-  assert sum(r["gen_equal"] is True for r in results) == 3
+    if r["impl"] == "interpret":  # the kernels ran, each inside a shard_map; row layers end in a psum
+      assert r["pallas_calls"] > 0 and r["shard_maps"] >= r["pallas_calls"] and r["psums"] > 0, r
+    else:
+      assert r["pallas_calls"] == 0 and r["shard_maps"] == 0, r
+  assert sum(r["gen_equal"] is True for r in results) == 4
+  shapes = data["local_shapes"]  # QuantDense(K=128, N=64) at tp 4, M = 5
+  assert shapes["column"]["w_q"] == [16, 128] and shapes["column"]["x_q"] == [5, 128]
+  assert shapes["column"]["out_spec"] == str(P(None, "tp"))
+  assert shapes["row"]["w_q"] == [64, 32] and shapes["row"]["x_q"] == [5, 32]
+  assert shapes["row"]["out_spec"] == str(P())
+  for role in ("column", "row"):
+    assert shapes[role]["rel_err"] < 2e-2, shapes  # bf16 outputs; the row sum is in float32
+

@@ -40,13 +40,15 @@ class Builder(NamedTuple):
   param_dtype: Any
   impl: str
   calibrate: bool
+  mesh: Any = None  # tensor-parallel mesh, for the Pallas kernels' shard_map (layers.qmatmul)
 
   def dense(self, name: str, k: int, n: int, bias: bool) -> QuantDense:
-    return QuantDense(k, n, bias, self.param_dtype, self.impl, self.plan.get(f"{self.prefix}.{name}"), name=name)
+    return QuantDense(k, n, bias, self.param_dtype, self.impl, self.plan.get(f"{self.prefix}.{name}"), self.mesh,
+                      name=name)
 
   def site(self, name: str, first_layer: str) -> ActQuant:
     """The site in front of `first_layer` (layers of a site share one LayerQuant, see schemes.site_of)."""
-    return ActQuant(self.plan.get(f"{self.prefix}.{first_layer}"), self.impl, self.calibrate, name=name)
+    return ActQuant(self.plan.get(f"{self.prefix}.{first_layer}"), self.impl, self.calibrate, self.mesh, name=name)
 
   def child(self, name: str) -> "Builder":
     return self._replace(prefix=f"{self.prefix}.{name}" if self.prefix else name)

@@ -1,9 +1,10 @@
 """Per-token int8 activation quantization with an outlier-column split (MixQ), optionally fused
-with the RMSNorm that feeds the projection.
+with the RMSNorm that feeds the projection and with a per-channel scale (SmoothQuant's 1/s).
 
 Shape letters: M tokens, K input features, C outlier capacity.
 
     x_n = (x * norm_weight) * rsqrt(mean(x**2) + eps)      (if norm_weight is given; else x_n = x)
+    x_n = x_n * col_scale                                  (if col_scale is given, in float32)
     amax[m] = max over non-outlier k of |x_n[m, k]|
     s_x[m] = max(amax[m], AMAX_FLOOR) / 127
     x_q[m, k] = clip(floor(x_n[m, k] * (127 / max(amax[m], AMAX_FLOOR)) + 0.5), -127, 127)
@@ -18,6 +19,13 @@ output per row block.
 
 Rounding is floor(v + 0.5) (half away from zero for positive, half up for negative ties), chosen
 because the Triton backend has no round-half-even; the reference uses the same formula.
+
+Both implementations see the same input values: the kernel reads x as stored (16-bit), and the
+reference pins x to its dtype with `reduce_precision` before computing in float32, so XLA's GPU
+pass that drops f32 -> bf16 -> f32 conversion pairs inside a fusion (excess precision) cannot make
+the reference quantize an unrounded producer (a norm, a smoothing multiply) that the kernel never
+sees. The smoothing multiply itself happens here in float32 (`col_scale`) for the same reason, and
+because fused it costs no extra pass over x.
 """
 
 import functools
@@ -58,6 +66,7 @@ def _quantize_kernel(
     x_ref,     # [bm, K] 16-bit
     om_ref,    # [K] int8, 1 = outlier column
     nw_ref,    # [K] norm weight, or None
+    cs_ref,    # [K] float32 column scale, or None
     idx_ref,   # [C] int32, or None
     cnt_ref,   # [1] int32, or None
     q_ref,     # [bm, K] int8
@@ -85,6 +94,8 @@ def _quantize_kernel(
     if nw_ref is not None:
       xx = x * x
       x = x * nw_ref[cols].astype(jnp.float32)[None, :]
+    if cs_ref is not None:  # commutes with the row's rsqrt, which only scales the row
+      x = x * cs_ref[cols][None, :]
     return x, om_ref[cols] != 0, xx
 
   def stats(chunk, ss, amax):
@@ -150,7 +161,11 @@ def _quantize_kernel(
     xg = plgpu.load(x_ref.at[jnp.arange(bm)[:, None], idx[None, :]], mask=gmask, other=0)
     xg = xg.astype(jnp.float32)  # [bm, C]
     if nw_ref is not None:
-      xg = xg * nw_ref[idx].astype(jnp.float32)[None, :] * r[:, None]
+      xg = xg * nw_ref[idx].astype(jnp.float32)[None, :]
+    if cs_ref is not None:
+      xg = xg * cs_ref[idx][None, :]
+    if nw_ref is not None:
+      xg = xg * r[:, None]
     xg = jnp.where(gmask, xg, 0.0).astype(xo_ref.dtype)
     if ragged:
       plgpu.store(xo_ref.at[:, :], xg, mask=rmask)
@@ -158,7 +173,16 @@ def _quantize_kernel(
       xo_ref[...] = xg
 
 
-def _check(x, outlier_idx, outlier_count, norm_weight):
+def pin_input_rounding(x: jax.Array) -> jax.Array:
+  """x as float32, rounded to x's own 16-bit format by an op XLA keeps (see the module docstring)."""
+  xf = x.astype(jnp.float32)
+  if x.dtype == jnp.float32:
+    return xf
+  fi = jnp.finfo(x.dtype)
+  return jax.lax.reduce_precision(xf, exponent_bits=fi.nexp, mantissa_bits=fi.nmant)
+
+
+def _check(x, outlier_idx, outlier_count, norm_weight, col_scale=None):
   _shapes.check_2d("x", x, (jnp.bfloat16, jnp.float16, jnp.float32))
   m, k = x.shape
   _shapes.check_mult16(K=k)
@@ -168,6 +192,8 @@ def _check(x, outlier_idx, outlier_count, norm_weight):
     raise ValueError(f"outlier_count must be a scalar, got shape {jnp.shape(outlier_count)}")
   if norm_weight is not None:
     _shapes.check_vec("norm_weight", norm_weight, k)
+  if col_scale is not None:
+    _shapes.check_vec("col_scale", col_scale, k)
   return m, k
 
 
@@ -179,6 +205,7 @@ def quantize_act(
     outlier_count: jax.Array,  # [] int32
     norm_weight: jax.Array | None = None,  # [K] RMSNorm weight to fuse, or None
     outlier_mask: jax.Array | None = None,  # [K] int8/bool, 1 on idx[:count]; built if None
+    col_scale: jax.Array | None = None,  # [K] per-channel multiplier (SmoothQuant 1/s), or None
     *,
     eps: float = 1e-6,
     threshold: float = 6.0,
@@ -192,7 +219,7 @@ def quantize_act(
   `outlier_mask` (= `outlier_mask_from_idx(idx, count, K)`) may be passed when the caller keeps
   it with the outlier state; otherwise it is rebuilt here by a small XLA scatter each call.
   """
-  m, k = _check(x, outlier_idx, outlier_count, norm_weight)
+  m, k = _check(x, outlier_idx, outlier_count, norm_weight, col_scale)
   c = outlier_idx.shape[0]
   cfg = config or select_config("quantize_act", m, 0, k)
   bm = min(cfg.block_m, _shapes.next_pow2(m))
@@ -218,6 +245,9 @@ def quantize_act(
   if norm_weight is not None:
     in_specs.append(full_k)
     args.append(norm_weight)
+  if col_scale is not None:
+    in_specs.append(full_k)
+    args.append(col_scale.astype(jnp.float32))
   if c:
     in_specs += [pl.BlockSpec((cp,), lambda i: (0,)), pl.BlockSpec((1,), lambda i: (0,))]
     args += [idx, count]
@@ -230,17 +260,18 @@ def quantize_act(
     out_shape.append(jax.ShapeDtypeStruct((nb, k), jnp.int8))
     out_specs.append(pl.BlockSpec((None, k), lambda i: (i, 0)))
 
-  has_nw, has_c = norm_weight is not None, bool(c)
+  has_nw, has_cs, has_c = norm_weight is not None, col_scale is not None, bool(c)
 
   def kernel(*refs):
     refs = list(refs)
     x_ref, om_ref = refs.pop(0), refs.pop(0)
     nw_ref = refs.pop(0) if has_nw else None
+    cs_ref = refs.pop(0) if has_cs else None
     idx_ref, cnt_ref = (refs.pop(0), refs.pop(0)) if has_c else (None, None)
     q_ref, s_ref = refs.pop(0), refs.pop(0)
     xo_ref = refs.pop(0) if has_c else None
     cm_ref = refs.pop(0) if detect_columns else None
-    _quantize_kernel(x_ref, om_ref, nw_ref, idx_ref, cnt_ref, q_ref, s_ref, xo_ref, cm_ref,
+    _quantize_kernel(x_ref, om_ref, nw_ref, cs_ref, idx_ref, cnt_ref, q_ref, s_ref, xo_ref, cm_ref,
                      m=m, bm=bm, k=k, bk=bk, eps=eps, threshold=threshold)
 
   outs = pl.pallas_call(
@@ -262,23 +293,25 @@ def quantize_act(
 
 @functools.partial(jax.jit, static_argnames=("eps", "threshold", "detect_columns", "interpret", "config"))
 def quantize_act_reference(
-    x, outlier_idx, outlier_count, norm_weight=None, outlier_mask=None, *, eps=1e-6, threshold=6.0,
-    detect_columns=False, interpret=False, config=None,
+    x, outlier_idx, outlier_count, norm_weight=None, outlier_mask=None, col_scale=None, *, eps=1e-6,
+    threshold=6.0, detect_columns=False, interpret=False, config=None,
 ) -> QuantizedActivations:
   """Plain-jnp quantize_act, same signature and outputs (interpret/config ignored)."""
   del interpret, config, outlier_mask  # the mask is derived from idx/count here
-  m, k = _check(x, outlier_idx, outlier_count, norm_weight)
+  m, k = _check(x, outlier_idx, outlier_count, norm_weight, col_scale)
   c = outlier_idx.shape[0]
-  xf = x.astype(jnp.float32)
+  xf = pin_input_rounding(x)
   is_out = outlier_mask_from_idx(outlier_idx, outlier_count, k) != 0 if c else jnp.zeros((k,), bool)
+  xw = xf * norm_weight.astype(jnp.float32)[None, :] if norm_weight is not None else xf
+  if col_scale is not None:
+    xw = xw * col_scale.astype(jnp.float32)[None, :]
+  amax = jnp.max(jnp.where(is_out[None, :], 0.0, jnp.abs(xw)), axis=1)
   if norm_weight is not None:
     r = jax.lax.rsqrt(jnp.sum(xf * xf, axis=1) / k + eps)  # [M]
-    xw = xf * norm_weight.astype(jnp.float32)[None, :]
-    amax = jnp.max(jnp.where(is_out[None, :], 0.0, jnp.abs(xw)), axis=1) * r
+    amax = amax * r
     xn = xw * r[:, None]
   else:
-    xn = xf
-    amax = jnp.max(jnp.where(is_out[None, :], 0.0, jnp.abs(xn)), axis=1)
+    xn = xw
   amax = jnp.maximum(amax, AMAX_FLOOR)
   q = jnp.clip(jnp.floor(xn * (127.0 / amax)[:, None] + 0.5), -127.0, 127.0)
   x_q = jnp.where(is_out[None, :], 0.0, q).astype(jnp.int8)

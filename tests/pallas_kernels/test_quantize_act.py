@@ -83,6 +83,37 @@ def test_quantize_act_no_outliers_default_config(dtype):
   assert np.all(np.abs(deq - np.asarray(x, np.float32)) <= 0.5001 * np.asarray(got.s_x)[:, None])
 
 
+@pytest.mark.parametrize("m,k,count,norm,bk", [(7, 96, 0, False, 32), (33, 160, 5, True, 32),
+                                               (5, 320, 6, True, 16)])
+def test_quantize_act_col_scale(m, k, count, norm, bk):
+  """SmoothQuant's per-channel 1/s fused in float32 (unrolled and loop paths, with and without the norm)."""
+  x, idx, cnt, nw = _inputs(m, k, 8, count)
+  cs = jax.random.uniform(keys(1)[0], (k,), jnp.float32, 0.2, 5.0)
+  nw = nw if norm else None
+  cfg = KernelConfig(block_m=4, block_k=bk, num_warps=4, num_stages=1)
+  got = quantize_act(x, idx, cnt, nw, col_scale=cs, detect_columns=True, interpret=INTERPRET, config=cfg)
+  want = quantize_act_reference(x, idx, cnt, nw, col_scale=cs, detect_columns=True)
+  _compare(got, want)
+  if not norm:  # x * scale in float32, then quantized (with a norm the rms still comes from x alone)
+    xs = np.asarray(x, np.float32) * np.asarray(cs)[None, :]
+    plain = quantize_act_reference(jnp.asarray(xs), idx, cnt)
+    np.testing.assert_array_equal(np.asarray(want.x_q), np.asarray(plain.x_q))
+    np.testing.assert_allclose(np.asarray(want.s_x), np.asarray(plain.s_x), rtol=1e-6)
+  with pytest.raises(ValueError, match="col_scale"):
+    quantize_act_reference(x, idx, cnt, col_scale=cs[:-16])
+
+
+def test_reference_pins_input_rounding():
+  """The reference rounds its input to x's dtype with an op XLA keeps, so a producer fused into the
+  same XLA computation cannot hand it excess precision that the kernel (reading x from memory) never sees."""
+  x, idx, cnt, _ = _inputs(8, 64, 4, 4)
+  hlo = jax.jit(lambda a: quantize_act_reference(a.astype(jnp.bfloat16), idx, cnt).x_q).lower(
+      x.astype(jnp.float32)).as_text()
+  assert "reduce_precision" in hlo
+  f32 = quantize_act_reference(x.astype(jnp.float32), idx, cnt)  # float32 input: nothing to pin
+  _compare(f32, quantize_act_reference(x, idx, cnt))
+
+
 def test_outlier_flag():
   x, idx, cnt, _ = _inputs(16, 64, 8, 8)
   out = quantize_act_reference(x, idx, cnt, detect_columns=True, threshold=2.0)
