@@ -49,11 +49,13 @@ def default_config(kernel: str, m: int) -> KernelConfig:
     split = 2 if kernel == "w4a16" else 1
     return KernelConfig(block_m=16, block_n=32, block_k=1024, num_warps=4, num_stages=3,
                         split_k=split)
-  if mb <= 64:
-    return KernelConfig(block_m=mb, block_n=64, block_k=512, num_warps=4, num_stages=3)
-  if mb <= 512:
-    return KernelConfig(block_m=128, block_n=128, block_k=128, num_warps=4, num_stages=4)
-  return KernelConfig(block_m=128, block_n=256, block_k=128, num_warps=8, num_stages=3)
+  if mb <= 64:  # mx unrolls block_k / 128 pack blocks per step: at 512 it spilled 544 B per thread
+    return KernelConfig(block_m=mb, block_n=64, block_k=256 if kernel == "mx" else 512, num_warps=4, num_stages=3)
+  # 128 x 128 tiles on 8 warps: the sm_90 machine code of every 4-bit / MX kernel then fits the
+  # register file. With 128 x 256 (8 warps) or 128 x 128 (4 warps) each hit 255 registers and
+  # spilled 600-780 bytes per thread to local memory inside the main loop (the unpacked int4 tile
+  # lives in registers next to the accumulator); see bench/inspect_kernels.py and BENCHMARKS.md.
+  return KernelConfig(block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3)
 
 
 def select_config(kernel: str, m: int, n: int, k: int) -> KernelConfig:
