@@ -92,11 +92,13 @@ def kernel_and_args(kind: str, m: int, n: int, k: int, config: KernelConfig | No
   return functools.partial(fn, **extra), jax.eval_shape(lambda: gemm4.make_set(base, m, n, k, 0))
 
 
-def lower_to_ttir(kind: str, m: int, n: int, k: int, config: KernelConfig | None) -> list[dict]:
-  """[{ttir, num_warps, num_stages}] for the pallas_calls of one kernel call, lowered for CUDA."""
-  fn, args = kernel_and_args(kind, m, n, k, config)
-  with capture_ttir() as found:
-    text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+def lower_to_ttir(kind: str, m: int, n: int, k: int, config: KernelConfig | None, gpu: str = "h100") -> list[dict]:
+  """[{ttir, num_warps, num_stages}] for the pallas_calls of one kernel call, lowered for CUDA with
+  the configs tuned for `gpu` (unless `config` is given)."""
+  with tuned_for(gpu):
+    fn, args = kernel_and_args(kind, m, n, k, config)
+    with capture_ttir() as found:
+      text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
   params = re.findall(r"num_stages = (\d+) : i32, num_warps = (\d+) : i32", text)
   if len(params) != len(found) or not found:
     raise RuntimeError(f"{kind} M={m}: captured {len(found)} Triton modules but {len(params)} custom calls")
@@ -185,9 +187,7 @@ def main(argv=None) -> list[dict]:
     raise SystemExit(f"unknown kernels {bad}; choose from {', '.join(KERNELS)}")
   config = parse_config(args.config)
   keep = pathlib.Path(args.keep) if args.keep else None
-  rows = []
-  with tuned_for(args.gpu):
-    rows = _inspect(kinds, args, config, keep)
+  rows = _inspect(kinds, args, config, keep)
   if not args.ttir_only:
     print("\n" + format_table(rows))
   if args.json:
@@ -201,7 +201,7 @@ def _inspect(kinds, args, config, keep) -> list[dict]:
     for m in (int(v) for v in args.ms.split(",")):
       row = {"kernel": kind, "m": m, "n": args.n, "k": args.k}
       try:
-        mods = lower_to_ttir(kind, m, args.n, args.k, config)
+        mods = lower_to_ttir(kind, m, args.n, args.k, config, args.gpu)
         mod = mods[-1]  # the matmul is the last pallas_call of a wrapper
         row.update(num_warps=mod["num_warps"], num_stages=mod["num_stages"], ttir_ops=mod["ttir"].count("tt.dot"))
         if not args.ttir_only:

@@ -17,9 +17,11 @@ Two paths, chosen by `use_fp8` (default: the bf16 path; see `_default_use_fp8` f
   significant bits, within bf16's exponent range), so the bf16 MMA accumulates in place.
 
 Exact vs rounded: every element, every scale and every product is exact (E4M3 x E2M1/E3M2
-products have <= 8 significant bits); each 32-term block sum is formed by the tensor core in
-float32 and the block sums are summed in float32, so the only rounding is float32
-accumulation (and the final cast). The reference decodes everything to float32 exactly and
+products have <= 8 significant bits); the block sums are summed in float32, so on the bf16 path
+the only rounding is float32 accumulation (and the final cast). On the FP8 path on Hopper each
+32-term block sum is formed by an FP8 wgmma (see `_triton.allow_fp8_wgmma`), whose internal
+accumulator NVIDIA does not document as full float32 (DeepSeek-V3 measured about 14 bits), before
+it is promoted to the float32 accumulator: expect per-block sums rounded to roughly that. The reference decodes everything to float32 exactly and
 contracts at HIGHEST precision. E8M0 code 0 (2^-127) decodes to 0 in the kernel (f32 subnormal);
 such blocks have amax < 2^-118 and do not occur for bf16 inputs of practical size.
 """
@@ -106,10 +108,12 @@ def _mx_kernel(x_ref, xs_ref, w4_ref, s4_ref, w6_ref, s6_ref, o_ref, *, nb4, nb6
 
 def _default_use_fp8() -> bool:
   # Measured on H100 (BENCHMARKS.md, issue 8): the FP8 path ran at 0.55x of bf16 at M = 16 and
-  # 0.09x at M = 1024. A K = 32 MMA per scale block whose result must be scaled before it is
-  # added keeps a second [bm, bn] accumulator live and cannot accumulate in place. Until Hopper
-  # has a block-scaled MMA path here, the default is the bf16 path (exact operands, in-place
-  # accumulation); use_fp8=True stays available (needs compute capability >= 8.9).
+  # 0.09x at M = 1024. Its dots then compiled to mma.sync on converted operands, not FP8 wgmma,
+  # and spilled registers (JAX left Triton's maxNumImpreciseAcc at 0; `_triton.allow_fp8_wgmma`
+  # now sets it, and the sm_90 code is QGMMA with no spill, not yet timed). A K = 32 MMA per scale
+  # block whose result must be scaled before it is added still keeps a second [bm, bn] accumulator
+  # live. Until the FP8 path is measured faster, the default is the bf16 path (exact operands,
+  # in-place accumulation); use_fp8=True stays available (needs compute capability >= 8.9).
   return False
 
 

@@ -28,6 +28,20 @@ def test_explicit_config_reaches_the_kernel():
   assert (rows[0]["num_warps"], rows[0]["num_stages"]) == (2, 2)
 
 
+def test_fp8_dots_allow_hopper_wgmma():
+  """JAX leaves Triton's maxNumImpreciseAcc at 0, which keeps FP8 dots off the FP8 tensor cores;
+  mixq_jax.pallas_kernels._triton sets it on FP8 x FP8 dots only."""
+  from mixq_jax.pallas_kernels import _triton
+
+  assert _triton.FP8_WGMMA
+  fp8 = inspect_kernels.lower_to_ttir("mxfp8", 256, 256, 256, None)[-1]["ttir"]
+  bf16 = inspect_kernels.lower_to_ttir("mx", 256, 256, 256, None)[-1]["ttir"]
+  int8 = inspect_kernels.lower_to_ttir("w8a8", 256, 256, 256, None)[-1]["ttir"]
+  fp8_dots = [ln for ln in fp8.splitlines() if "tt.dot" in ln]
+  assert fp8_dots and all("maxNumImpreciseAcc = 32" in ln and "f8E4M3FN" in ln for ln in fp8_dots)
+  assert "maxNumImpreciseAcc" not in bf16 and "maxNumImpreciseAcc" not in int8
+
+
 def test_bad_arguments():
   with pytest.raises(SystemExit, match="unknown kernels"):
     inspect_kernels.main(["--kernels", "w3a3", "--ttir-only"])
@@ -37,8 +51,9 @@ def test_bad_arguments():
 
 def test_machine_code_counts():
   pytest.importorskip("triton")
-  rows = inspect_kernels.main(["--kernels", "w8a8,w8a16", "--ms", "16,256", "--n", "512", "--k", "512"])
+  rows = inspect_kernels.main(["--kernels", "w8a8,w8a16,mxfp8", "--ms", "16,256", "--n", "512", "--k", "512"])
   by = {(r["kernel"], r["m"]): r for r in rows}
+  assert by[("mxfp8", 256)]["QGMMA"] > 0  # FP8 wgmma, once maxNumImpreciseAcc is set
   assert by[("w8a8", 16)]["IMMA"] > 0  # M = 16: Ampere-style mma.sync
   assert by[("w8a8", 256)]["IGMMA"] > 0 and by[("w8a16", 256)]["HGMMA"] > 0  # large M: Hopper wgmma
   assert all(r["regs"] and r["regs"] <= 255 for r in rows)
