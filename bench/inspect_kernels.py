@@ -41,7 +41,7 @@ import jax  # noqa: E402
 from mixq_jax.pallas_kernels import _w4_common, configs  # noqa: E402
 from mixq_jax.pallas_kernels.configs import KernelConfig  # noqa: E402
 
-KERNELS_8 = ("w8a8", "w8a8o16", "w8a16")
+KERNELS_8 = ("w8a8", "w8a8o16", "w8a16", "quantize_act")
 KERNELS = KERNELS_8 + gemm4.KINDS + ("mxfp8",)  # mxfp8: mx_matmul's FP8 tensor-core path (use_fp8=True)
 _SASS = ("HGMMA", "IGMMA", "QGMMA", "HMMA", "IMMA", "STS", "LDS", "LDSM", "LDGSTS", "LDG", "STL", "LDL")
 
