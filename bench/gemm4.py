@@ -4,7 +4,8 @@
 
 Kernels: w4a16 (AWQ g128), w4a8 (QQQ per-channel), w4a8g (QQQ g128), w4a4o16 (MixQ-4, 128
 outlier columns), w4a4o16q (QUIK asymmetric activations, 128 outliers), mx (MXFP8 x MXFP4),
-mxmix (MXFP8 x MXFP4, the last ~K/16 channels, a multiple of 128, MXFP6). Timing, input-set
+mxmix (MXFP8 x MXFP4, the last ~K/16 channels, a multiple of 128, MXFP6), mxfp8 (mx on its FP8
+tensor-core path, `use_fp8=True`; needs compute capability >= 8.9). Timing, input-set
 rotation and the ratio to XLA bf16 measured in the same run are bench/gemm.py's (`time_call`,
 `n_sets`); every output is checked against its reference on the first input set. Inputs are random on the device
 (random bytes are valid packed int4 and E2M1 codes). Activation quantization is not timed
@@ -28,7 +29,7 @@ import jax.numpy as jnp  # noqa: E402
 from mixq_jax import pallas_kernels as pk  # noqa: E402
 from mixq_jax.pallas_kernels.mx import MXWeights  # noqa: E402
 
-KINDS = ("w4a16", "w4a8", "w4a8g", "w4a4o16", "w4a4o16q", "mx", "mxmix")
+KINDS = ("w4a16", "w4a8", "w4a8g", "w4a4o16", "w4a4o16q", "mx", "mxmix", "mxfp8")
 C = gemm.N_OUTLIERS
 
 
@@ -63,7 +64,7 @@ def make_set(kind, m, n, k, i):
     if asym:
       s += (gemm._scale(ks[6], m), jax.random.randint(ks[7], (n,), -500, 500, jnp.int32))
     return s
-  if kind in ("mx", "mxmix"):
+  if kind in ("mx", "mxmix", "mxfp8"):
     k6 = max(128, k // 16 // 128 * 128) if kind == "mxmix" else 0  # K4 stays a multiple of 128
     k4 = k - k6
     x_e = (4 * gemm._normal(ks[0], m, k)).astype(jnp.float8_e4m3fn)
@@ -80,6 +81,7 @@ def set_bytes(kind, m, n, k):
           "w4a4o16": (m + n) * k // 2 + 2 * C * (m + n),
           "w4a4o16q": (m + n) * k // 2 + 2 * C * (m + n),
           "mx": m * k + n * k // 2 + (m + n) * k // 32,
+          "mxfp8": m * k + n * k // 2 + (m + n) * k // 32,
           "mxmix": m * k + n * k // 2 + n * k // 16 + (m + n) * k // 32}[kind]
 
 
@@ -101,6 +103,8 @@ def kernel_fn(kind):
     r = lambda x, sx, w, sw, xo, wo, c, mx, ws: pk.w4a4o16_matmul_reference(
         x, sx, w, sw, xo, wo, c, None, mx, ws)
     return functools.partial(f, **kw), r
+  if kind == "mxfp8":
+    return functools.partial(pk.mx_matmul, use_fp8=True, **kw), pk.mx_matmul_reference
   fn, ref = fns["mx" if kind == "mxmix" else kind]
   return functools.partial(fn, **kw), ref
 

@@ -42,7 +42,7 @@ from mixq_jax.pallas_kernels import _w4_common, configs  # noqa: E402
 from mixq_jax.pallas_kernels.configs import KernelConfig  # noqa: E402
 
 KERNELS_8 = ("w8a8", "w8a8o16", "w8a16", "quantize_act")
-KERNELS = KERNELS_8 + gemm4.KINDS + ("mxfp8",)  # mxfp8: mx_matmul's FP8 tensor-core path (use_fp8=True)
+KERNELS = KERNELS_8 + gemm4.KINDS  # gemm4's mxfp8 is mx_matmul's FP8 tensor-core path (use_fp8=True)
 _SASS = ("HGMMA", "IGMMA", "QGMMA", "HMMA", "IMMA", "STS", "LDS", "LDSM", "LDGSTS", "LDG", "STL", "LDL")
 
 
@@ -84,12 +84,9 @@ def kernel_and_args(kind: str, m: int, n: int, k: int, config: KernelConfig | No
   if kind in KERNELS_8:
     fn, _ = gemm.kernel_fn(kind, config)
     return fn, jax.eval_shape(lambda: gemm.make_sets(kind, m, n, k, 1)[0])
-  base = "mx" if kind == "mxfp8" else kind
-  fn, _ = gemm4.kernel_fn(base)
-  extra = {"use_fp8": True} if kind == "mxfp8" else {}
-  if config is not None:
-    extra["config"] = config
-  return functools.partial(fn, **extra), jax.eval_shape(lambda: gemm4.make_set(base, m, n, k, 0))
+  fn, _ = gemm4.kernel_fn(kind)
+  extra = {} if config is None else {"config": config}
+  return functools.partial(fn, **extra), jax.eval_shape(lambda: gemm4.make_set(kind, m, n, k, 0))
 
 
 def lower_to_ttir(kind: str, m: int, n: int, k: int, config: KernelConfig | None, gpu: str = "h100") -> list[dict]:
