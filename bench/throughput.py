@@ -141,20 +141,8 @@ def device0_bytes(tree) -> int:
   return sum(s.data.nbytes for a in jax.tree_util.tree_leaves(tree) for s in a.addressable_shards if s.device == d0)
 
 
-def variable_shardings(abstract: dict, mesh) -> Any:
-  """NamedSharding per leaf, as mixq_jax.sharding places the variables."""
-  specs = sharding.variable_specs(abstract, mesh.shape[sharding.AXIS])
-  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
-
-
 def with_shardings(abstract, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-
-
-def cache_shardings(cfg: ModelConfig, abstract_cache: dict, mesh) -> dict:
-  rep = NamedSharding(mesh, PartitionSpec())
-  kv = NamedSharding(mesh, sharding.cache_spec(cfg.num_kv_heads, mesh.shape[sharding.AXIS]))
-  return {"pos": rep, "layers": [{k: kv for k in layer} for layer in abstract_cache["layers"]]}
 
 
 def weight_bytes_per_step(cfg: ModelConfig, variables: dict) -> int:
@@ -303,7 +291,7 @@ def random_variables(cfg: ModelConfig, scheme: str, capacity: int, seed: int, me
   shapes = jax.eval_shape(lambda: init_variables(cfg, jax.random.PRNGKey(0), dtype, plan))
   key = jax.random.PRNGKey(seed)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-  places = [None] * len(leaves) if mesh is None else jax.tree_util.tree_leaves(variable_shardings(shapes, mesh))
+  places = [None] * len(leaves) if mesh is None else jax.tree_util.tree_leaves(sharding.variable_shardings(shapes, mesh))
   filled = [_filler(place)(jax.random.fold_in(key, i), a.shape, a.dtype, _leaf_kind(path, a))
             for i, ((path, a), place) in enumerate(zip(leaves, places))]
   variables = fill_outliers(jax.tree_util.tree_unflatten(treedef, filled), jax.random.fold_in(key, len(leaves)))
@@ -368,14 +356,14 @@ def benchmark(cfg: ModelConfig, scheme_names: list[str], batches: list[int], pro
     make_vars = lambda s: random_variables(cfg, s, capacity, seed=0, mesh=mesh)  # noqa: E731
   abstract_vars = {s: jax.eval_shape(lambda s=s: make_vars(s)) for s in scheme_names}
   if mesh is not None:  # compiled programs take exactly these placements
-    abstract_vars = {s: with_shardings(av, variable_shardings(av, mesh)) for s, av in abstract_vars.items()}
+    abstract_vars = {s: with_shardings(av, sharding.variable_shardings(av, mesh)) for s, av in abstract_vars.items()}
 
   def abstract(shape, dtype=jnp.int32):
     return jax.ShapeDtypeStruct(shape, dtype, sharding=rep)
 
   def abstract_cache(b, slots, dtype):
     c = jax.eval_shape(lambda: common.init_cache(cfg, b, slots, dtype))
-    return c if mesh is None else with_shardings(c, cache_shardings(cfg, c, mesh))
+    return c if mesh is None else with_shardings(c, sharding.cache_shardings(cfg.num_kv_heads, c, mesh))
 
   jobs: dict[Any, Any] = {}
   for s in scheme_names:
@@ -438,7 +426,7 @@ def benchmark(cfg: ModelConfig, scheme_names: list[str], batches: list[int], pro
           first, cache = cp(variables, tokens, positions)
           first = put(first)
           if mesh is not None:
-            cache = jax.device_put(cache, cache_shardings(cfg, cache, mesh))
+            cache = jax.device_put(cache, sharding.cache_shardings(cfg.num_kv_heads, cache, mesh))
           state = {"cache": cache}
           pos = put(jnp.full((b,), p, jnp.int32))
           start = put(jnp.int32(p))

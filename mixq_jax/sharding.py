@@ -101,12 +101,22 @@ def variable_specs(variables: dict[str, Any], tp: int) -> Any:
   return jax.tree_util.tree_map_with_path(spec, variables)
 
 
+def variable_shardings(variables: dict[str, Any], mesh: Mesh) -> Any:
+  """A NamedSharding for every leaf (arrays or ShapeDtypeStructs) of {"params", "outliers"}."""
+  specs = variable_specs(variables, mesh.shape[AXIS])
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
+
+
 def shard_variables(variables: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
-  tp = mesh.shape[AXIS]
-  specs = variable_specs(variables, tp)
-  return jax.tree.map(lambda a, s: jax.device_put(a, NamedSharding(mesh, s)), variables, specs)
+  return jax.tree.map(jax.device_put, variables, variable_shardings(variables, mesh))
 
 
 def cache_spec(num_kv_heads: int, tp: int) -> P:
   """KV cache layers [B, S, G, Dh]: split by kv heads when they divide."""
   return P(None, None, AXIS, None) if num_kv_heads % tp == 0 else P()
+
+
+def cache_shardings(num_kv_heads: int, cache: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
+  """NamedShardings for a cache {"pos", "layers": [{"k", "v"}, ...]} (arrays or ShapeDtypeStructs)."""
+  kv = NamedSharding(mesh, cache_spec(num_kv_heads, mesh.shape[AXIS]))
+  return {"pos": NamedSharding(mesh, P()), "layers": [{k: kv for k in layer} for layer in cache["layers"]]}
