@@ -8,14 +8,22 @@ import collections
 import pathlib
 import re
 
-import gguf
 import numpy as np
 from tqdm.auto import tqdm
 
 from mixq_jax.io.raw import RawModel
 
-QType = gguf.GGMLQuantizationType
-SUPPORTED_TYPES = frozenset({QType.F32, QType.F16, QType.BF16, QType.Q8_0, QType.Q4_0, QType.Q4_1})
+# Names of the gguf.GGMLQuantizationType members this importer dequantizes.
+SUPPORTED_TYPES = frozenset({"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"})
+
+
+def _gguf():
+  """The gguf package, imported on first use: HF checkpoints and converted ones load without it."""
+  try:
+    import gguf  # noqa: PLC0415
+  except ImportError as e:
+    raise ImportError("reading .gguf files needs the `gguf` package (pip install gguf)") from e
+  return gguf
 
 # GGUF tensor names (llama.cpp's "standardized tensor names") -> HF llama names.
 _GLOBAL_NAMES = {
@@ -43,6 +51,7 @@ def load_gguf(path: str | pathlib.Path) -> RawModel:
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist")
+  gguf = _gguf()
   reader = gguf.GGUFReader(path)
   hf_config = gguf_hf_config(reader, path)
 
@@ -53,10 +62,10 @@ def load_gguf(path: str | pathlib.Path) -> RawModel:
   # ggml lists dims innermost first: a [out, in] matrix has t.shape == [in, out].
   shapes = {hf_names[t.name]: tuple(int(n) for n in reversed(t.shape)) for t in reader.tensors}
   check_llama_shapes(shapes, hf_config, where=path.name)
-  bad = {t.name: t.tensor_type.name for t in reader.tensors if t.tensor_type not in SUPPORTED_TYPES}
+  bad = {t.name: t.tensor_type.name for t in reader.tensors if t.tensor_type.name not in SUPPORTED_TYPES}
   if bad:
     raise ValueError(
-      f"{path.name}: tensors of unsupported GGML types {bad}; supported: {sorted(q.name for q in SUPPORTED_TYPES)}"
+      f"{path.name}: tensors of unsupported GGML types {bad}; supported: {sorted(SUPPORTED_TYPES)}"
     )
 
   n_head, n_kv = hf_config["num_attention_heads"], hf_config["num_key_value_heads"]
@@ -88,7 +97,7 @@ def load_gguf_tokenizer(path: str | pathlib.Path):
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
   except Exception as e:
     # Checked only on failure: parsing the metadata again costs seconds for a 50k vocabulary.
-    if "tokenizer.ggml.model" not in gguf.GGUFReader(path).fields:
+    if "tokenizer.ggml.model" not in _gguf().GGUFReader(path).fields:
       raise ValueError(
         f"{str(path)!r} carries no tokenizer (no tokenizer.ggml.model); use a HF tokenizer instead"
       ) from e
@@ -174,7 +183,7 @@ def check_llama_shapes(shapes: dict[str, tuple[int, ...]], hf_config: dict, wher
     raise ValueError(f"{where}: tensors do not match the llama config: " + "; ".join(errors))
 
 
-def gguf_hf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> dict:
+def gguf_hf_config(reader, path: pathlib.Path) -> dict:
   """The HF config.json dict (LlamaForCausalLM) that the GGUF metadata describes."""
 
   def field(key: str, default=_REQUIRED):
