@@ -152,9 +152,9 @@ def make_sets(kind, m, n, k, r):
     ks = jax.random.split(_key(kind, m, n, k, i), 6)
     if kind == "bf16":
       sets.append((_normal(ks[0], m, k), _normal(ks[1], n, k)))
-    elif kind in ("w8a8", "xla_int8"):
+    elif kind in ("w8a8", "xla_int8", "w8a8_triton"):
       sets.append((_int8(ks[0], m, k), _scale(ks[1], m), _int8(ks[2], n, k), _scale(ks[3], n)))
-    elif kind == "w8a8o16":
+    elif kind in ("w8a8o16", "w8a8o16_triton"):
       idx_c = N_OUTLIERS
       sets.append((_int8(ks[0], m, k), _scale(ks[1], m), _int8(ks[2], n, k), _scale(ks[3], n),
                    _normal(ks[4], m, idx_c), _normal(ks[5], n, idx_c), jnp.int32(idx_c)))
@@ -170,6 +170,7 @@ def make_sets(kind, m, n, k, r):
 
 
 def set_bytes(kind, m, n, k):
+  kind = kind.removesuffix("_triton")
   return {"bf16": 2 * (m * k + n * k), "w8a8": m * k + n * k, "xla_int8": m * k + n * k,
           "w8a8o16": m * k + n * k + 2 * N_OUTLIERS * (m + n), "w8a16": 2 * m * k + n * k,
           "quantize_act": 2 * m * k}[kind]
@@ -194,6 +195,7 @@ def xla_int8(x_q, s_x, w_q, s_w):
 
 
 def kernel_fn(kind, config):
+  kind = kind.removesuffix("_triton")  # run_one passes these an explicit config
   if INTERPRET:  # CPU smoke runs only
     config = dict(config=config, interpret=True)
   else:
@@ -223,7 +225,10 @@ def check(kind, fn, ref, args):
 
 
 def run_one(kind, m, n, k, config=None, samples=25):
-  """(seconds per call, max_rel_err, config dict) for one kernel at one shape."""
+  """(seconds per call, max_rel_err, config dict) for one kernel at one shape. Kinds ending in
+  "_triton" get an explicit KernelConfig, which keeps the Triton kernel on sm_90 too."""
+  if kind.endswith("_triton") and config is None:
+    config = configs.select_config(kind.removesuffix("_triton"), m, n, k)
   fn, ref = kernel_fn(kind, config)
   t_est = est_seconds(m, n, k, moved_bytes(kind, m, n, k))
   r = n_sets(t_est, set_bytes(kind, m, n, k))
@@ -232,8 +237,15 @@ def run_one(kind, m, n, k, config=None, samples=25):
   t = time_call(fn, sets, samples, t_est=t_est)
   del sets
   cfg = None
-  if kind in configs.KERNELS:
-    cfg = (config or configs.select_config(kind, m, n if kind != "quantize_act" else 0, k)).to_dict()
+  base = kind.removesuffix("_triton")
+  hcfg = None
+  if base in ("w8a8", "w8a8o16") and kind == base and not INTERPRET:
+    from mixq_jax.pallas_kernels import w8a8_matmul as w8a8_mod
+    hcfg = w8a8_mod._hopper_config(m, n, k, False, config, outliers=base == "w8a8o16")
+  if hcfg is not None:
+    cfg = {"hopper_mosaic_gpu": dataclasses.asdict(hcfg)}
+  elif base in configs.KERNELS:
+    cfg = (config or configs.select_config(base, m, n if base != "quantize_act" else 0, k)).to_dict()
   return t, err, cfg
 
 
@@ -475,8 +487,10 @@ def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--tune", action="store_true", help="sweep configs, rewrite the tuned table")
   p.add_argument("--models", default="7b,70b,extra", help="comma list of " + ",".join(SHAPES))
-  p.add_argument("--ms", default=",".join(map(str, MS)))
-  p.add_argument("--kernels", default="w8a8,w8a8o16,w8a16,xla_int8,quantize_act")
+  p.add_argument("--ms", default=",".join(map(str, MS)), help="comma list of token counts M")
+  p.add_argument("--kernels", default="w8a8,w8a8o16,w8a16,xla_int8,quantize_act",
+                 help="comma list: w8a8, w8a8o16 (Mosaic GPU on sm_90 from M=1024), w8a8_triton, w8a8o16_triton "
+                      "(Triton always), w8a16, xla_int8, quantize_act")
   p.add_argument("--json", default=None, help="write records here")
   p.add_argument("--tune-shapes", default=None, help="NxK,NxK,... shapes to tune on")
   args = p.parse_args()

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from mixq_jax.pallas_kernels import _shapes
+from mixq_jax.pallas_kernels import w8a8_matmul_hopper as _hopper
 from mixq_jax.pallas_kernels._triton import compiler_params, plgpu
 from mixq_jax.pallas_kernels.configs import KernelConfig, select_config
 
@@ -202,6 +203,21 @@ def _check_outliers(x_o, w_o, count, m, n):
 
 _STATIC = ("out_dtype", "interpret", "config")
 
+# From this many tokens on, sm_90 runs the Mosaic GPU kernels (w8a8_matmul_hopper.py): measured on an
+# H100 at M = 1024 and 4096 they beat the Triton tile loop by 1.4-1.7x (BENCHMARKS.md); below, the
+# output has too few 128 x 256 tiles to fill 132 SMs and the Triton configs tuned per M bucket win.
+HOPPER_MIN_M = 1024
+
+
+def _hopper_config(m, n, k, interpret, config, outliers):
+  """The HopperConfig to run, or None for the Triton kernel (CPU, interpret mode, an explicit
+  KernelConfig, small M, other GPUs, or a shape the Hopper kernel does not tile)."""
+  if interpret or config is not None or m < HOPPER_MIN_M or not _hopper.is_hopper():
+    return None
+  # Outlier tiles take 96 KB of shared memory: 128 x 64 per warpgroup keeps 3 pipeline stages.
+  cfg = _hopper.HopperConfig(tile_n=64, stages=3) if outliers else _hopper.HopperConfig()
+  return cfg if _hopper.supported(m, n, k, cfg) else None
+
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def w8a8_matmul(
@@ -216,7 +232,9 @@ def w8a8_matmul(
     config: KernelConfig | None = None,
 ) -> jax.Array:  # [M, N] out_dtype
   """Pallas int8 GEMM with per-token x per-channel dequant epilogue. Any M; N, K multiples of 16."""
-  _check(x_q, s_x, w_q, s_w, bias)
+  m, n, k = _check(x_q, s_x, w_q, s_w, bias)
+  if (hcfg := _hopper_config(m, n, k, interpret, config, outliers=False)) is not None:
+    return _hopper.w8a8_matmul_hopper(x_q, s_x, w_q, s_w, bias, out_dtype=out_dtype, config=hcfg)
   return fused_matmul(x_q, s_x, w_q, s_w, bias, None, None, None, kernel="w8a8",
                       out_dtype=out_dtype, interpret=interpret, config=config)
 
@@ -250,11 +268,14 @@ def w8a8o16_matmul(
     config: KernelConfig | None = None,
 ) -> jax.Array:  # [M, N] out_dtype
   """MixQ W8A8O16: w8a8 plus the 16-bit outlier product x_o @ w_o.T fused into each output tile."""
-  m, n, _ = _check(x_q, s_x, w_q, s_w, bias)
+  m, n, k = _check(x_q, s_x, w_q, s_w, bias)
   c = _check_outliers(x_o, w_o, outlier_count, m, n)
   if c == 0:
     return w8a8_matmul(x_q, s_x, w_q, s_w, bias, out_dtype=out_dtype, interpret=interpret,
                        config=config)
+  if c <= 128 and (hcfg := _hopper_config(m, n, k, interpret, config, outliers=True)) is not None:
+    return _hopper.w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o, w_o, outlier_count, bias, out_dtype=out_dtype,
+                                         config=hcfg)
   return fused_matmul(x_q, s_x, w_q, s_w, bias, x_o, w_o, outlier_count, kernel="w8a8o16",
                       out_dtype=out_dtype, interpret=interpret, config=config)
 

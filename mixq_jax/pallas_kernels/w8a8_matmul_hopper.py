@@ -1,0 +1,250 @@
+"""W8A8 matmul for Hopper (sm_90) in Pallas Mosaic GPU: TMA loads, warp-specialized pipeline, int8 wgmma.
+
+Shape letters: M tokens, N output features, K input features.
+
+    y = (x_q @ w_q.T) * s_x[:, None] * s_w[None, :] (+ bias)      # the same function as w8a8_matmul
+
+Why a second kernel: the Triton-backend tile loop loads tiles with pointer loads from every warp,
+which caps int8 at ~47% of the H100 tensor-core peak (bench/NOTES_gemm.md). Here one producer
+warpgroup streams x and w tiles into swizzled shared memory with the TMA engine while two consumer
+warpgroups issue int8 wgmma (s32 accumulate, both operands K-major as the instruction requires);
+the kernel is persistent (one CTA per SM walking output tiles in a snake order so that weight
+tiles stay in L2). The structure follows JAX's `hopper_matmul_mgpu` example, adapted to int8
+operands, an [N, K] weight and the dequant epilogue.
+
+Limits (the wrapper `w8a8_matmul` routes elsewhere otherwise): sm_90, K % tile_k == 0,
+N % (2 * tile_n) == 0; M is padded to the tile here. Runs on CPU in Mosaic GPU interpret mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+
+@dataclasses.dataclass(frozen=True)
+class HopperConfig:
+  tile_m: int = 128       # rows per consumer warpgroup (the CTA tile is tile_m x 2 * tile_n)
+  tile_n: int = 128       # columns per consumer warpgroup
+  tile_k: int = 128       # int8: 128 bytes per row, the 128-byte swizzle
+  stages: int = 4         # TMA pipeline depth (max_concurrent_steps)
+  grid_tile_width: int = 8  # snake-order band width, in tiles
+  epi_tile_n: int = 64
+  delay_release: int = 0  # 1: keep one wgmma in flight across K steps (its tiles freed a step later)
+
+
+def _plgpu():
+  from jax.experimental.pallas import mosaic_gpu as plgpu  # noqa: PLC0415
+
+  return plgpu
+
+
+def supported(m: int, n: int, k: int, cfg: HopperConfig = HopperConfig()) -> bool:
+  """Whether the shape fits this kernel (the device check is the caller's)."""
+  del m
+  return k % cfg.tile_k == 0 and n % (2 * cfg.tile_n) == 0
+
+
+def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, out_gmem, *, cfg: HopperConfig,
+            num_sms: int):
+  plgpu = _plgpu()
+  m, k = x_gmem.shape
+  n = w_gmem.shape[0]
+  tm, tn, tk = cfg.tile_m, cfg.tile_n, cfg.tile_k
+  cta_n = 2 * tn
+  m_iters, n_iters, k_iters = m // tm, n // cta_n, k // tk
+  in_transforms = (plgpu.TilingTransform((8, tk)), plgpu.SwizzleTransform(128))
+  epi_m, epi_n = min(64, tm), min(cfg.epi_tile_n, tn)
+  out_size = jnp.dtype(out_gmem.dtype).itemsize
+  out_swizzle = plgpu.find_swizzle(epi_n * out_size * 8)
+  out_transforms = (plgpu.TilingTransform((8, out_swizzle // out_size)), plgpu.SwizzleTransform(out_swizzle))
+  num_out_slots = min(2, (tm * tn) // (epi_m * epi_n))
+
+  def get_pipeline(body, compute_context):
+    return plgpu.emit_pipeline_warp_specialized(
+        body,
+        grid=(k_iters,),
+        memory_registers=40,
+        in_specs=[
+            plgpu.BlockSpec((tm, tk), lambda kk: (0, kk), transforms=in_transforms, memory_space=plgpu.SMEM,
+                            delay_release=cfg.delay_release),
+            plgpu.BlockSpec((cta_n, tk), lambda kk: (0, kk), transforms=in_transforms, memory_space=plgpu.SMEM,
+                            delay_release=cfg.delay_release),
+        ],
+        wg_axis="wg",
+        num_compute_wgs=2,
+        max_concurrent_steps=cfg.stages,
+        compute_context=compute_context,
+    )
+
+  ignore = lambda *_, **__: None
+  n_vec = 3 if b_gmem is not None else 2
+  has_o = xo_gmem is not None
+  if has_o:  # 16-bit outlier tiles [tm, C] and [tn, C], 128-byte swizzled rows of 64 elements
+    c = xo_gmem.shape[1]
+    o_transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+    n_vec += 2
+
+  @functools.partial(
+      pl.run_scoped,
+      pipeline_allocs=get_pipeline(ignore, ignore).get_allocations(x_gmem, w_gmem),
+      out_smem=plgpu.SMEM((2, num_out_slots, epi_m, epi_n), out_gmem.dtype, transforms=out_transforms),
+      sx_smem=plgpu.SMEM((2, tm), jnp.float32),
+      sw_smem=plgpu.SMEM((2, tn), jnp.float32),
+      b_smem=plgpu.SMEM((2, tn), jnp.float32) if b_gmem is not None else None,
+      xo_smem=plgpu.SMEM((2, tm, c), xo_gmem.dtype, transforms=o_transforms) if has_o else None,
+      wo_smem=plgpu.SMEM((2, tn, c), wo_gmem.dtype, transforms=o_transforms) if has_o else None,
+      vec_bar=plgpu.Barrier(num_barriers=2 * n_vec),
+      collective_axes="wg",
+  )
+  def _scope(pipeline_allocs, out_smem, sx_smem, sw_smem, b_smem, xo_smem, wo_smem, vec_bar):
+    wg = lax.axis_index("wg")
+
+    @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
+    def _mn_loop(info):
+      (lin,) = info.index
+      mi, ni = plgpu.planar_snake(lin, (m_iters, n_iters), 1, cfg.grid_tile_width)
+      m_sl = pl.ds(mi * tm, tm)
+      n_sl = pl.ds(ni * cta_n + wg * tn, tn)  # this warpgroup's columns
+
+      def compute_context(eval_pipeline):
+        # The epilogue's vectors travel by TMA while the main loop runs.
+        vecs = [(sx_gmem.at[m_sl], sx_smem), (sw_gmem.at[n_sl], sw_smem)]
+        if b_gmem is not None:
+          vecs.append((b_gmem.at[n_sl], b_smem))
+        if has_o:
+          vecs += [(xo_gmem.at[m_sl], xo_smem), (wo_gmem.at[n_sl], wo_smem)]
+        for j, (src, dst) in enumerate(vecs):
+          plgpu.copy_gmem_to_smem(src, dst.at[wg], vec_bar.at[wg * n_vec + j])
+
+        @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tm, tn), jnp.int32))
+        def _acc_scope(acc_ref):
+          eval_pipeline(acc_ref)
+          for j in range(n_vec):
+            plgpu.barrier_wait(vec_bar.at[wg * n_vec + j])
+          y = acc_ref[...].astype(jnp.float32)
+          y = y * lax.broadcast_in_dim(sx_smem[wg], (tm, tn), [0])
+          y = y * lax.broadcast_in_dim(sw_smem[wg], (tm, tn), [1])
+          if b_gmem is not None:
+            y = y + lax.broadcast_in_dim(b_smem[wg], (tm, tn), [1])
+          if has_o:  # the 16-bit outlier product: one more wgmma per tile, float32 accumulator
+            @functools.partial(pl.run_scoped, acc_o=plgpu.ACC((tm, tn), jnp.float32))
+            def outlier_product(acc_o):
+              plgpu.wgmma(acc_o, xo_smem.at[wg], plgpu.transpose_ref(wo_smem.at[wg], (1, 0)))
+              plgpu.wgmma_wait(0)
+              return acc_o[...]
+
+            y = y + outlier_product
+          y = y.astype(out_gmem.dtype)
+          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+          for ei in range(tm // epi_m):
+            for ej in range(tn // epi_n):
+              slot = (ei * (tn // epi_n) + ej) % num_out_slots
+              plgpu.wait_smem_to_gmem(1, wait_read_only=True)
+              out_smem[wg, slot] = y[ei * epi_m:(ei + 1) * epi_m, ej * epi_n:(ej + 1) * epi_n]
+              plgpu.commit_smem()
+              plgpu.copy_smem_to_gmem(
+                  out_smem.at[wg, slot],
+                  out_gmem.at[m_sl, n_sl].at[pl.ds(ei * epi_m, epi_m), pl.ds(ej * epi_n, epi_n)])
+
+      def mma_body(_, x_smem, w_smem, acc_ref):
+        plgpu.wgmma(acc_ref, x_smem, plgpu.transpose_ref(w_smem.at[pl.ds(wg * tn, tn)], (1, 0)))
+        plgpu.wgmma_wait(cfg.delay_release)
+        return acc_ref
+
+      get_pipeline(mma_body, compute_context)(
+          x_gmem.at[m_sl, :], w_gmem.at[pl.ds(ni * cta_n, cta_n), :], allocations=pipeline_allocs)
+
+  plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+
+_SMEM_BYTES = 227 * 1024  # per block on sm_90
+
+
+def _fit_smem(cfg: HopperConfig, out_size: int, c: int) -> HopperConfig:
+  """Fewer pipeline stages where the tiles, the epilogue buffers, the outlier tiles and the scale
+  vectors would overflow shared memory; an error where even 2 stages do not fit."""
+  tm, tn = cfg.tile_m, cfg.tile_n
+  fixed = 2 * 2 * min(64, tm) * min(cfg.epi_tile_n, tn) * out_size + 4 * 2 * (tm + 2 * tn) + 2 * 2 * c * (tm + tn) + 512
+  stages = cfg.stages
+  while stages > 2 and stages * (tm + 2 * tn) * cfg.tile_k + fixed > _SMEM_BYTES:
+    stages -= 1
+  if stages * (tm + 2 * tn) * cfg.tile_k + fixed > _SMEM_BYTES:
+    raise ValueError(f"w8a8_matmul_hopper: {cfg} with C={c} outlier columns does not fit shared memory")
+  return dataclasses.replace(cfg, stages=stages)
+
+
+def is_hopper() -> bool:
+  """Whether the default device is an sm_90 GPU (H100 / H200), where this kernel runs natively."""
+  dev = jax.devices()[0]
+  return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")) in ("9.0", "9.0a")
+
+
+def _num_sms() -> int:
+  dev = jax.devices()[0]
+  return int(getattr(dev, "core_count", 0) or 132)
+
+
+_STATIC = ("out_dtype", "config", "interpret", "num_sms")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def w8a8_matmul_hopper(x_q, s_x, w_q, s_w, bias=None, *, out_dtype=jnp.bfloat16,
+                       config: HopperConfig = HopperConfig(), interpret: bool = False, num_sms: int | None = None):
+  """x_q int8 [M, K], s_x f32 [M], w_q int8 [N, K], s_w f32 [N], bias [N] or None -> [M, N] out_dtype."""
+  return _call(x_q, s_x, w_q, s_w, bias, None, None, None, out_dtype, config, interpret, num_sms)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o, w_o, outlier_count, bias=None, *, out_dtype=jnp.bfloat16,
+                          config: HopperConfig = HopperConfig(tile_n=64), interpret: bool = False,
+                          num_sms: int | None = None):
+  """MixQ W8A8O16 on Hopper: w8a8_matmul_hopper plus x_o [M, C] @ w_o[N, C].T (16-bit), slots >= count
+  ignored; the outlier product is one more wgmma on each output tile, accumulated in float32."""
+  return _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, outlier_count, out_dtype, config, interpret, num_sms)
+
+
+def _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, count, out_dtype, config, interpret, num_sms):
+  plgpu = _plgpu()
+  m, k = x_q.shape
+  n = w_q.shape[0]
+  if not supported(m, n, k, config):
+    raise ValueError(f"w8a8_matmul_hopper: N={n} must divide by {2 * config.tile_n} and K={k} by {config.tile_k}")
+  mp = pl.cdiv(m, config.tile_m) * config.tile_m
+  if mp != m:  # whole tiles only: zero rows, sliced off below
+    x_q = jnp.pad(x_q, ((0, mp - m), (0, 0)))
+    s_x = jnp.pad(s_x, (0, mp - m))
+  b = None if bias is None else bias.astype(jnp.float32)
+  c = 0
+  if x_o is not None:
+    c = x_o.shape[1]
+    cp = pl.cdiv(c, 64) * 64  # whole 128-byte rows; zero columns add nothing
+    valid = jnp.arange(cp) < jnp.reshape(count, ())
+    # Slots past the count may hold anything (NaN too): zero them in both operands.
+    x_o = jnp.where(valid[None, :], jnp.pad(x_o, ((0, mp - m), (0, cp - c))), 0).astype(x_o.dtype)
+    w_o = jnp.where(valid[None, :], jnp.pad(w_o, ((0, 0), (0, cp - c))), 0).astype(x_o.dtype)
+    c = cp
+  config = _fit_smem(config, jnp.dtype(out_dtype).itemsize, c)
+  sms = num_sms or _num_sms()
+  kw = {}
+  if interpret:
+    from jax._src.pallas.mosaic_gpu.interpret import params as ip  # noqa: PLC0415
+
+    kw["interpret"] = ip.InterpretGPUParams()
+  f = plgpu.kernel(
+      functools.partial(_kernel, cfg=config, num_sms=sms),
+      out_type=jax.ShapeDtypeStruct((mp, n), out_dtype),
+      grid=(sms,),
+      grid_names=("sm",),
+      num_threads=3,
+      thread_name="wg",
+      compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+      **kw,
+  )
+  y = f(x_q, s_x, w_q, s_w, b, x_o, w_o)
+  return y[:m] if mp != m else y
