@@ -1,4 +1,5 @@
-"""Pallas (Triton backend) kernels for 8-bit mixed-precision linear layers.
+"""Pallas kernels for 8-bit mixed-precision linear layers (Triton backend; on sm_90 the large-M
+W8A8 / W8A8O16 GEMMs run Mosaic GPU kernels, see w8a8_matmul_hopper.py).
 
 Shape letters: M tokens (any M; padding/masking is inside the kernels), N output features,
 K input features (N, K multiples of 16), C outlier capacity.
@@ -54,6 +55,15 @@ __all__ = [
     "w8a8o16_matmul",
     "w8a8o16_matmul_reference",
 ]
+
+# sm_90 only (Mosaic GPU backend); w8a8_matmul / w8a8o16_matmul route M >= 1024 here on Hopper.
+from mixq_jax.pallas_kernels.w8a8_matmul_hopper import (  # noqa: E402
+    HopperConfig,
+    w8a8_matmul_hopper,
+    w8a8o16_matmul_hopper,
+)
+
+__all__ += ["HopperConfig", "w8a8_matmul_hopper", "w8a8o16_matmul_hopper"]
 
 # 4-bit and microscaling family (issue 8); layouts in int4_pack.py and mx.py.
 from mixq_jax.pallas_kernels import int4_pack, mx  # noqa: E402
