@@ -204,7 +204,7 @@ def _check_outliers(x_o, w_o, count, m, n):
 _STATIC = ("out_dtype", "interpret", "config")
 
 # From this many tokens on, sm_90 runs the Mosaic GPU kernels (w8a8_matmul_hopper.py): measured on an
-# H100 at M = 1024 and 4096 they beat the Triton tile loop by 1.4-1.7x (BENCHMARKS.md); below, the
+# H100 at M = 1024 and 4096, W8A8 beats the Triton tile loop by 1.3-1.5x (BENCHMARKS.md); below, the
 # output has too few 128 x 256 tiles to fill 132 SMs and the Triton configs tuned per M bucket win.
 HOPPER_MIN_M = 1024
 
@@ -216,7 +216,12 @@ def _hopper_config(m, n, k, interpret, config, outliers):
     return None
   # Outlier tiles take 96 KB of shared memory: 128 x 64 per warpgroup keeps 3 pipeline stages.
   cfg = _hopper.HopperConfig(tile_n=64, stages=3) if outliers else _hopper.HopperConfig()
-  return cfg if _hopper.supported(m, n, k, cfg) else None
+  if not _hopper.supported(m, n, k, cfg):
+    return None
+  # The persistent kernel needs enough output tiles to occupy the SMs: 70B's k/v projection
+  # (N = 1024) at M = 1024 has 32 tiles and measured 0.68x bf16, while the Triton grid splits finer.
+  tiles = pl.cdiv(m, cfg.tile_m) * (n // (2 * cfg.tile_n))
+  return cfg if tiles >= _hopper.device_sm_count() // 2 else None
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)

@@ -185,7 +185,8 @@ def is_hopper() -> bool:
   return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")) in ("9.0", "9.0a")
 
 
-def _num_sms() -> int:
+def device_sm_count() -> int:
+  """Streaming multiprocessors of the default device (132 on an H100 SXM)."""
   dev = jax.devices()[0]
   return int(getattr(dev, "core_count", 0) or 132)
 
@@ -230,7 +231,7 @@ def _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, count, out_dtype, config, interpre
     w_o = jnp.where(valid[None, :], jnp.pad(w_o, ((0, 0), (0, cp - c))), 0).astype(x_o.dtype)
     c = cp
   config = _fit_smem(config, jnp.dtype(out_dtype).itemsize, c)
-  sms = num_sms or _num_sms()
+  sms = num_sms or device_sm_count()
   kw = {}
   if interpret:
     from jax._src.pallas.mosaic_gpu.interpret import params as ip  # noqa: PLC0415

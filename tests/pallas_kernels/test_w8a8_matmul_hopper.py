@@ -98,3 +98,22 @@ def test_dispatch_native():
   cnt = jnp.int32(100)
   assert rel_err(w8a8o16_matmul(x, sx, w, sw, x_o, w_o, cnt),
                  w8a8o16_matmul_reference(x, sx, w, sw, x_o, w_o, cnt)) < 4e-3
+
+
+def test_dispatch_rule(monkeypatch):
+  """Which problems w8a8_matmul / w8a8o16_matmul send to these kernels on an sm_90 device."""
+  import sys
+
+  from mixq_jax.pallas_kernels import KernelConfig
+
+  mod = sys.modules["mixq_jax.pallas_kernels.w8a8_matmul"]
+  monkeypatch.setattr(mod._hopper, "is_hopper", lambda: True)
+  monkeypatch.setattr(mod._hopper, "device_sm_count", lambda: 132)
+  rule = mod._hopper_config
+  assert rule(4096, 4096, 4096, False, None, outliers=False) == HopperConfig()
+  assert rule(4096, 4096, 4096, False, None, outliers=True).tile_n == 64
+  assert rule(1000, 11008, 4096, False, None, outliers=False) is None  # under HOPPER_MIN_M: Triton
+  assert rule(1024, 1024, 8192, False, None, outliers=False) is None  # 32 tiles for 132 SMs
+  assert rule(4096, 4096, 4096, True, None, outliers=False) is None  # interpret mode
+  assert rule(4096, 4096, 4096, False, KernelConfig(), outliers=False) is None  # explicit Triton config
+  assert rule(4096, 4096 + 16, 4096, False, None, outliers=False) is None  # N not a multiple of 256
