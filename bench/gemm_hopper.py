@@ -35,6 +35,9 @@ CONFIGS = {
     "o16_128x64": HopperConfig(tile_m=128, tile_n=64, stages=4),
     "o16_128x64d1": HopperConfig(tile_m=128, tile_n=64, stages=4, delay_release=1),
     "o16_64x128": HopperConfig(tile_m=64, tile_n=128, stages=4),
+    # tile_k 64 halves the pipeline's shared memory: 128 x 128 tiles keep 4 stages next to the outlier tiles
+    "h128x128k64s6": HopperConfig(tile_m=128, tile_n=128, tile_k=64, stages=6),
+    "o16_128x128k64": HopperConfig(tile_m=128, tile_n=128, tile_k=64, stages=4),
 }
 
 

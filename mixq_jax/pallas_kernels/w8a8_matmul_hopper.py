@@ -31,7 +31,7 @@ from jax.experimental import pallas as pl
 class HopperConfig:
   tile_m: int = 128       # rows per consumer warpgroup (the CTA tile is tile_m x 2 * tile_n)
   tile_n: int = 128       # columns per consumer warpgroup
-  tile_k: int = 128       # int8: 128 bytes per row, the 128-byte swizzle
+  tile_k: int = 128       # int8 bytes per row: 128 (128-byte swizzle) or 64 (64-byte swizzle, half the smem)
   stages: int = 4         # TMA pipeline depth (max_concurrent_steps)
   grid_tile_width: int = 8  # snake-order band width, in tiles
   epi_tile_n: int = 64
@@ -47,6 +47,8 @@ def _plgpu():
 def supported(m: int, n: int, k: int, cfg: HopperConfig = HopperConfig()) -> bool:
   """Whether the shape fits this kernel (the device check is the caller's)."""
   del m
+  if cfg.tile_k not in (64, 128):
+    raise ValueError(f"HopperConfig.tile_k must be 64 or 128 (one int8 swizzle row), got {cfg.tile_k}")
   return k % cfg.tile_k == 0 and n % (2 * cfg.tile_n) == 0
 
 
@@ -58,7 +60,7 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, out_gmem
   tm, tn, tk = cfg.tile_m, cfg.tile_n, cfg.tile_k
   cta_n = 2 * tn
   m_iters, n_iters, k_iters = m // tm, n // cta_n, k // tk
-  in_transforms = (plgpu.TilingTransform((8, tk)), plgpu.SwizzleTransform(128))
+  in_transforms = (plgpu.TilingTransform((8, tk)), plgpu.SwizzleTransform(tk))  # one swizzle atom per row
   epi_m, epi_n = min(64, tm), min(cfg.epi_tile_n, tn)
   out_size = jnp.dtype(out_gmem.dtype).itemsize
   out_swizzle = plgpu.find_swizzle(epi_n * out_size * 8)

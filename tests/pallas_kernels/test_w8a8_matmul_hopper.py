@@ -26,13 +26,15 @@ if INTERPRET:
 SMALL = HopperConfig(tile_m=64, tile_n=64, tile_k=128, stages=2, grid_tile_width=2)
 
 
-@pytest.mark.parametrize("m,n,k,sms", [(64, 128, 128, 1), (100, 256, 384, 3), (1, 128, 256, 2)])
-def test_accumulator_bit_exact(m, n, k, sms):
+@pytest.mark.parametrize("m,n,k,sms,tile_k", [(64, 128, 128, 1, 128), (100, 256, 384, 3, 128), (1, 128, 256, 2, 128),
+                                              (100, 128, 320, 2, 64)])
+def test_accumulator_bit_exact(m, n, k, sms, tile_k):
   """Unit scales and float32 out expose the int32 accumulator: it must be exact."""
   kx, kw = keys(2)
   x, w = rand_int8(kx, (m, k)), rand_int8(kw, (n, k))
+  cfg = HopperConfig(tile_m=64, tile_n=64, tile_k=tile_k, stages=2, grid_tile_width=2)
   got = w8a8_matmul_hopper(x, jnp.ones((m,), jnp.float32), w, jnp.ones((n,), jnp.float32),
-                           out_dtype=jnp.float32, config=SMALL, interpret=INTERPRET, num_sms=sms)
+                           out_dtype=jnp.float32, config=cfg, interpret=INTERPRET, num_sms=sms)
   want = jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want, np.float32))
 
@@ -65,6 +67,9 @@ def test_errors():
   x, w = jnp.ones((8, 100), jnp.int8), jnp.ones((128, 100), jnp.int8)
   with pytest.raises(ValueError, match="K=100"):
     w8a8_matmul_hopper(x, jnp.ones((8,), jnp.float32), w, jnp.ones((128,), jnp.float32), interpret=True)
+  with pytest.raises(ValueError, match="tile_k must be 64 or 128"):
+    w8a8_matmul_hopper(x, jnp.ones((8,), jnp.float32), w, jnp.ones((128,), jnp.float32), interpret=True,
+                       config=HopperConfig(tile_k=32))
 
 
 @pytest.mark.parametrize("m,count", [(100, 70), (64, 0), (64, 128)])
