@@ -121,12 +121,12 @@ def run_one(kind, m, n, k, samples):
 def main():
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--models", default="7b,70b")
+  p.add_argument("--models", default="7b,70b", help="comma list of model shape sets from bench/gemm.py (7b, 70b, extra, tiny)")
   p.add_argument("--shapes", default=None, help="comma list of shape names to keep (e.g. qkvo,q_o)")
-  p.add_argument("--ms", default="1,16,1024,4096")
-  p.add_argument("--kernels", default=",".join(KINDS))
-  p.add_argument("--samples", type=int, default=25)
-  p.add_argument("--json", default=None)
+  p.add_argument("--ms", default="1,16,1024,4096", help="comma list of token counts M")
+  p.add_argument("--kernels", default=",".join(KINDS), help="comma list of " + ",".join(KINDS))
+  p.add_argument("--samples", type=int, default=25, help="timed samples per kernel (median kept; default 25)")
+  p.add_argument("--json", default=None, help="write one record per kernel x shape here")
   a = p.parse_args()
   kinds = a.kernels.split(",")
   info = gemm.env_info()

@@ -84,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("results", help="JSON written by bench/throughput.py --json")
   ap.add_argument("--out", required=True, help="folder for the PNG files")
-  ap.add_argument("--accuracy", action="append", default=[], metavar="SCHEME=PPL_JSON")
+  ap.add_argument("--accuracy", action="append", default=[], metavar="SCHEME=PPL_JSON",
+                  help="perplexity JSON (from python -m mixq_jax.eval.ppl --json) of a scheme; repeat per scheme; adds the "
+                       "perplexity vs tokens/s plot")
   args = ap.parse_args(argv)
   data = json.loads(pathlib.Path(args.results).read_text())
   acc = dict(a.split("=", 1) for a in args.accuracy)
