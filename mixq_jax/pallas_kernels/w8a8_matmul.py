@@ -209,14 +209,14 @@ _STATIC = ("out_dtype", "interpret", "config")
 HOPPER_MIN_M = 1024
 
 
-def _hopper_config(m, n, k, interpret, config, outliers):
+def _hopper_config(m, n, k, interpret, config, outliers, out_dtype=jnp.bfloat16, bias=False):
   """The HopperConfig to run, or None for the Triton kernel (CPU, interpret mode, an explicit
   KernelConfig, small M, other GPUs, or a shape the Hopper kernel does not tile)."""
   if interpret or config is not None or m < HOPPER_MIN_M or not _hopper.is_hopper():
     return None
   # Outlier tiles take 96 KB of shared memory: 128 x 64 per warpgroup keeps 3 pipeline stages.
   cfg = _hopper.HopperConfig(tile_n=64, stages=3) if outliers else _hopper.HopperConfig()
-  if not _hopper.supported(m, n, k, cfg):
+  if not _hopper.supported(m, n, k, cfg) or not _hopper.fits(cfg, out_dtype, 128 if outliers else 0, bias):
     return None
   # The persistent kernel needs enough output tiles to occupy the SMs: 70B's k/v projection
   # (N = 1024) at M = 1024 has 32 tiles and measured 0.68x bf16, while the Triton grid splits finer.
@@ -238,7 +238,8 @@ def w8a8_matmul(
 ) -> jax.Array:  # [M, N] out_dtype
   """Pallas int8 GEMM with per-token x per-channel dequant epilogue. Any M; N, K multiples of 16."""
   m, n, k = _check(x_q, s_x, w_q, s_w, bias)
-  if (hcfg := _hopper_config(m, n, k, interpret, config, outliers=False)) is not None:
+  hcfg = _hopper_config(m, n, k, interpret, config, outliers=False, out_dtype=out_dtype, bias=bias is not None)
+  if hcfg is not None:
     return _hopper.w8a8_matmul_hopper(x_q, s_x, w_q, s_w, bias, out_dtype=out_dtype, config=hcfg)
   return fused_matmul(x_q, s_x, w_q, s_w, bias, None, None, None, kernel="w8a8",
                       out_dtype=out_dtype, interpret=interpret, config=config)
@@ -278,7 +279,8 @@ def w8a8o16_matmul(
   if c == 0:
     return w8a8_matmul(x_q, s_x, w_q, s_w, bias, out_dtype=out_dtype, interpret=interpret,
                        config=config)
-  if c <= 128 and (hcfg := _hopper_config(m, n, k, interpret, config, outliers=True)) is not None:
+  hcfg = _hopper_config(m, n, k, interpret, config, outliers=True, out_dtype=out_dtype, bias=bias is not None)
+  if c <= 128 and hcfg is not None:
     return _hopper.w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o, w_o, outlier_count, bias, out_dtype=out_dtype,
                                          config=hcfg)
   return fused_matmul(x_q, s_x, w_q, s_w, bias, x_o, w_o, outlier_count, kernel="w8a8o16",

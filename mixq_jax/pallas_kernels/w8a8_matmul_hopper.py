@@ -168,17 +168,27 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, out_gmem
 _SMEM_BYTES = 227 * 1024  # per block on sm_90
 
 
-def _fit_smem(cfg: HopperConfig, out_size: int, c: int) -> HopperConfig:
-  """Fewer pipeline stages where the tiles, the epilogue buffers, the outlier tiles and the scale
-  vectors would overflow shared memory; an error where even 2 stages do not fit."""
+def _fit_smem(cfg: HopperConfig, out_size: int, c: int, bias: bool) -> HopperConfig | None:
+  """`cfg` with fewer pipeline stages where the buffers would overflow shared memory; None where even
+  2 stages do not fit. Each buffer is counted rounded up to 1 KB (the allocator's alignment for
+  swizzled tiles), plus 256 B of barriers: this matches the sizes Mosaic GPU reported for the
+  128 x 256 W8A8 tiles with bias and the W8A8O16 tiles with bias and float32 output."""
   tm, tn = cfg.tile_m, cfg.tile_n
-  fixed = 2 * 2 * min(64, tm) * min(cfg.epi_tile_n, tn) * out_size + 4 * 2 * (tm + 2 * tn) + 2 * 2 * c * (tm + tn) + 512
+  kb = lambda b: -(-b // 1024) * 1024
+  fixed = (kb(2 * 2 * min(64, tm) * min(cfg.epi_tile_n, tn) * out_size) + kb(2 * tm * 4) + kb(2 * tn * 4)
+           + (kb(2 * tn * 4) if bias else 0) + (kb(2 * tm * c * 2) + kb(2 * tn * c * 2) if c else 0) + 256)
   stages = cfg.stages
   while stages > 2 and stages * (tm + 2 * tn) * cfg.tile_k + fixed > _SMEM_BYTES:
     stages -= 1
   if stages * (tm + 2 * tn) * cfg.tile_k + fixed > _SMEM_BYTES:
-    raise ValueError(f"w8a8_matmul_hopper: {cfg} with C={c} outlier columns does not fit shared memory")
+    return None
   return dataclasses.replace(cfg, stages=stages)
+
+
+def fits(cfg: HopperConfig, out_dtype, outlier_columns: int = 0, bias: bool = False) -> bool:
+  """Whether the kernel fits shared memory with this config (at 2 or more stages)."""
+  c = -(-outlier_columns // 64) * 64
+  return _fit_smem(cfg, jnp.dtype(out_dtype).itemsize, c, bias) is not None
 
 
 def is_hopper() -> bool:
@@ -232,7 +242,11 @@ def _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, count, out_dtype, config, interpre
     x_o = jnp.where(valid[None, :], jnp.pad(x_o, ((0, mp - m), (0, cp - c))), 0).astype(x_o.dtype)
     w_o = jnp.where(valid[None, :], jnp.pad(w_o, ((0, 0), (0, cp - c))), 0).astype(x_o.dtype)
     c = cp
-  config = _fit_smem(config, jnp.dtype(out_dtype).itemsize, c)
+  fitted = _fit_smem(config, jnp.dtype(out_dtype).itemsize, c, bias is not None)
+  if fitted is None:
+    raise ValueError(f"w8a8_matmul_hopper: {config} with C={c} outlier columns and {jnp.dtype(out_dtype).name} "
+                     "output does not fit shared memory")
+  config = fitted
   sms = num_sms or device_sm_count()
   kw = {}
   if interpret:
