@@ -37,6 +37,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from mixq_jax import pallas_kernels as pk  # noqa: E402
 from mixq_jax.pallas_kernels import configs  # noqa: E402
 from mixq_jax.pallas_kernels.configs import KernelConfig  # noqa: E402
+from mixq_jax.pallas_kernels.w8a8_matmul import hopper_config  # noqa: E402
 
 # Linear layers (N, K) = (out_features, in_features), HF layout.
 SHAPES = {
@@ -240,8 +241,7 @@ def run_one(kind, m, n, k, config=None, samples=25):
   base = kind.removesuffix("_triton")
   hcfg = None
   if base in ("w8a8", "w8a8o16") and kind == base and not INTERPRET:
-    w8a8_mod = sys.modules["mixq_jax.pallas_kernels.w8a8_matmul"]  # the package re-exports a function of that name
-    hcfg = w8a8_mod._hopper_config(m, n, k, False, config, outliers=base == "w8a8o16")
+    hcfg = hopper_config(m, n, k, False, config, outlier_columns=N_OUTLIERS if base == "w8a8o16" else 0)
   if hcfg is not None:
     cfg = {"hopper_mosaic_gpu": dataclasses.asdict(hcfg)}
   elif base in configs.KERNELS:
@@ -363,9 +363,10 @@ def fmt_row(row, kinds):
   return s
 
 
-def print_table(rows, kinds, info, bw, fl):
-  print(f"\n# {info['device']}  jax {info['jax']}  {info['date']}  copy {bw / 1e12:.2f} TB/s  "
-        f"bf16 {fl / 1e12:.0f} TFLOP/s")
+def print_table(rows, kinds, info, bw=None, fl=None):
+  """The final table of a run (bench/gemm.py, gemm4.py, gemm_hopper.py): one row per (shape, M)."""
+  extra = f"  copy {bw / 1e12:.2f} TB/s  bf16 {fl / 1e12:.0f} TFLOP/s" if bw and fl else ""
+  print(f"\n# {info['device']}  jax {info['jax']}  {info['date']}{extra}")
   print("# time_us and speedup over XLA bf16 (same run); '!' = max_rel_err >= 2e-2")
   hdr = f"{'shape':<18} {'M':>5} {'N':>6} {'K':>6} {'bf16_us':>9}"
   for kind in kinds:

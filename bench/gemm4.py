@@ -151,15 +151,7 @@ def main():
     print(gemm.fmt_row(row, kinds), flush=True)
     if a.json:
       pathlib.Path(a.json).write_text(json.dumps({"env": info, "records": records}, indent=1))
-  print(f"\n# {info['device']}  jax {info['jax']}  {info['date']}")
-  print("# time_us and speedup over XLA bf16 (same run); '!' = max_rel_err >= 2e-2")
-  hdr = f"{'shape':<18} {'M':>5} {'N':>6} {'K':>6} {'bf16_us':>9}"
-  for kind in kinds:
-    hdr += f" {kind[:9]:>9} {'x':>6}"
-  print(hdr)
-  for row in rows:
-    print(gemm.fmt_row(row, kinds))
-
+  gemm.print_table(rows, kinds, info)
 
 if __name__ == "__main__":
   main()

@@ -88,14 +88,7 @@ def main():
       print(gemm.fmt_row(row, cols), flush=True)
       if a.json:
         pathlib.Path(a.json).write_text(json.dumps({"env": info, "records": recs}, indent=1))
-  print(f"\n# {info['device']}  jax {info['jax']}  {info['date']}")
-  hdr = f"{'shape':<18} {'M':>5} {'N':>6} {'K':>6} {'bf16_us':>9}"
-  for c in cols:
-    hdr += f" {c[:9]:>9} {'x':>6}"
-  print(hdr)
-  for row in rows:
-    print(gemm.fmt_row(row, cols))
-
+  gemm.print_table(rows, cols, info)
 
 if __name__ == "__main__":
   main()

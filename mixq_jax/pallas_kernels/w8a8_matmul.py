@@ -204,19 +204,20 @@ def _check_outliers(x_o, w_o, count, m, n):
 _STATIC = ("out_dtype", "interpret", "config")
 
 # From this many tokens on, sm_90 runs the Mosaic GPU kernels (w8a8_matmul_hopper.py): measured on an
-# H100 at M = 1024 and 4096, W8A8 beats the Triton tile loop by 1.3-1.5x (BENCHMARKS.md); below, the
+# H100 at M = 1024 and 4096, W8A8 beats the Triton tile loop by 1.25-1.5x (BENCHMARKS.md); below, the
 # output has too few 128 x 256 tiles to fill 132 SMs and the Triton configs tuned per M bucket win.
 HOPPER_MIN_M = 1024
 
 
-def _hopper_config(m, n, k, interpret, config, outliers, out_dtype=jnp.bfloat16, bias=False):
-  """The HopperConfig to run, or None for the Triton kernel (CPU, interpret mode, an explicit
-  KernelConfig, small M, other GPUs, or a shape the Hopper kernel does not tile)."""
-  if interpret or config is not None or m < HOPPER_MIN_M or not _hopper.is_hopper():
+def hopper_config(m, n, k, interpret, config, outlier_columns=0, out_dtype=jnp.bfloat16, bias=False):
+  """The HopperConfig that w8a8_matmul (outlier_columns=0) / w8a8o16_matmul would run, or None for
+  the Triton kernel: CPU, interpret mode, an explicit KernelConfig, small M, other GPUs, more than
+  128 outlier columns, or a shape or buffer set the Hopper kernel does not tile or fit."""
+  if interpret or config is not None or m < HOPPER_MIN_M or outlier_columns > 128 or not _hopper.is_hopper():
     return None
   # Outlier tiles take 96 KB of shared memory: 128 x 64 per warpgroup keeps 3 pipeline stages.
-  cfg = _hopper.HopperConfig(tile_n=64, stages=3) if outliers else _hopper.HopperConfig()
-  if not _hopper.supported(m, n, k, cfg) or not _hopper.fits(cfg, out_dtype, 128 if outliers else 0, bias):
+  cfg = _hopper.HopperConfig(tile_n=64, stages=3) if outlier_columns else _hopper.HopperConfig()
+  if not _hopper.supported(m, n, k, cfg) or not _hopper.fits(cfg, out_dtype, outlier_columns, bias):
     return None
   # The persistent kernel needs enough output tiles to occupy the SMs: 70B's k/v projection
   # (N = 1024) at M = 1024 has 32 tiles and measured 0.68x bf16, while the Triton grid splits finer.
@@ -238,7 +239,7 @@ def w8a8_matmul(
 ) -> jax.Array:  # [M, N] out_dtype
   """Pallas int8 GEMM with per-token x per-channel dequant epilogue. Any M; N, K multiples of 16."""
   m, n, k = _check(x_q, s_x, w_q, s_w, bias)
-  hcfg = _hopper_config(m, n, k, interpret, config, outliers=False, out_dtype=out_dtype, bias=bias is not None)
+  hcfg = hopper_config(m, n, k, interpret, config, out_dtype=out_dtype, bias=bias is not None)
   if hcfg is not None:
     return _hopper.w8a8_matmul_hopper(x_q, s_x, w_q, s_w, bias, out_dtype=out_dtype, config=hcfg)
   return fused_matmul(x_q, s_x, w_q, s_w, bias, None, None, None, kernel="w8a8",
@@ -279,8 +280,8 @@ def w8a8o16_matmul(
   if c == 0:
     return w8a8_matmul(x_q, s_x, w_q, s_w, bias, out_dtype=out_dtype, interpret=interpret,
                        config=config)
-  hcfg = _hopper_config(m, n, k, interpret, config, outliers=True, out_dtype=out_dtype, bias=bias is not None)
-  if c <= 128 and hcfg is not None:
+  hcfg = hopper_config(m, n, k, interpret, config, outlier_columns=c, out_dtype=out_dtype, bias=bias is not None)
+  if hcfg is not None:
     return _hopper.w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o, w_o, outlier_count, bias, out_dtype=out_dtype,
                                          config=hcfg)
   return fused_matmul(x_q, s_x, w_q, s_w, bias, x_o, w_o, outlier_count, kernel="w8a8o16",

@@ -107,18 +107,23 @@ def test_dispatch_native():
 
 def test_dispatch_rule(monkeypatch):
   """Which problems w8a8_matmul / w8a8o16_matmul send to these kernels on an sm_90 device."""
-  import sys
+  import importlib
 
   from mixq_jax.pallas_kernels import KernelConfig
+  from mixq_jax.pallas_kernels.w8a8_matmul import hopper_config as rule
 
-  mod = sys.modules["mixq_jax.pallas_kernels.w8a8_matmul"]
-  monkeypatch.setattr(mod._hopper, "is_hopper", lambda: True)
-  monkeypatch.setattr(mod._hopper, "device_sm_count", lambda: 132)
-  rule = mod._hopper_config
-  assert rule(4096, 4096, 4096, False, None, outliers=False) == HopperConfig()
-  assert rule(4096, 4096, 4096, False, None, outliers=True).tile_n == 64
-  assert rule(1000, 11008, 4096, False, None, outliers=False) is None  # under HOPPER_MIN_M: Triton
-  assert rule(1024, 1024, 8192, False, None, outliers=False) is None  # 32 tiles for 132 SMs
-  assert rule(4096, 4096, 4096, True, None, outliers=False) is None  # interpret mode
-  assert rule(4096, 4096, 4096, False, KernelConfig(), outliers=False) is None  # explicit Triton config
-  assert rule(4096, 4096 + 16, 4096, False, None, outliers=False) is None  # N not a multiple of 256
+  # The module, not the package's re-exported function of the same name.
+  hopper_mod = importlib.import_module("mixq_jax.pallas_kernels.w8a8_matmul_hopper")
+
+  monkeypatch.setattr(hopper_mod, "is_hopper", lambda: True)
+  monkeypatch.setattr(hopper_mod, "device_sm_count", lambda: 132)
+  assert rule(4096, 4096, 4096, False, None) == HopperConfig()
+  assert rule(4096, 4096, 4096, False, None, outlier_columns=128).tile_n == 64
+  assert rule(4096, 4096, 4096, False, None, outlier_columns=256) is None  # more outliers than the tiles hold
+  assert rule(1000, 11008, 4096, False, None) is None  # under HOPPER_MIN_M: Triton
+  assert rule(1024, 1024, 8192, False, None) is None  # 32 tiles for 132 SMs
+  assert rule(4096, 4096, 4096, True, None) is None  # interpret mode
+  assert rule(4096, 4096, 4096, False, KernelConfig()) is None  # explicit Triton config
+  assert rule(4096, 4096 + 16, 4096, False, None) is None  # N not a multiple of 256
+  # W8A8O16 with bias and float32 output does not fit shared memory: Triton
+  assert rule(4096, 4096, 4096, False, None, outlier_columns=128, out_dtype=jnp.float32, bias=True) is None
