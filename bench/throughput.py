@@ -69,7 +69,7 @@ import numpy as np  # noqa: E402
 import presets  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from mixq_jax import generate, runtime, schemes, sharding  # noqa: E402
+from mixq_jax import generate, layers, runtime, schemes, sharding  # noqa: E402
 from mixq_jax.config import ModelConfig  # noqa: E402
 from mixq_jax.models import common  # noqa: E402
 from mixq_jax.models.transformer import Transformer, init_variables, layer_paths  # noqa: E402
@@ -147,10 +147,13 @@ def with_shardings(abstract, shardings):
 
 def weight_bytes_per_step(cfg: ModelConfig, variables: dict) -> int:
   """Bytes of parameters a decode step reads: all but the embedding table (one row gathered per
-  token), unless the head reads it (tied embeddings)."""
+  token), unless the head reads it (tied embeddings); mix8's outlier columns from their cache."""
   total = tree_bytes(variables["params"])
   if not cfg.tie_word_embeddings:
     total -= tree_bytes(variables["params"]["embed"])
+  if schemes.OUTLIER_COLS in variables:  # mix8 layers read their [N, C] cached columns, not params' w_o
+    stored = [a for p, a in jax.tree_util.tree_flatten_with_path(variables["params"])[0] if p[-1].key == "w_o"]
+    total += tree_bytes(variables[schemes.OUTLIER_COLS]) - tree_bytes(stored)
   return total
 
 
@@ -295,6 +298,7 @@ def random_variables(cfg: ModelConfig, scheme: str, capacity: int, seed: int, me
   filled = [_filler(place)(jax.random.fold_in(key, i), a.shape, a.dtype, _leaf_kind(path, a))
             for i, ((path, a), place) in enumerate(zip(leaves, places))]
   variables = fill_outliers(jax.tree_util.tree_unflatten(treedef, filled), jax.random.fold_in(key, len(leaves)))
+  variables = layers.with_outlier_cache(variables, plan)  # as runtime.load builds it for a checkpoint
   return variables if mesh is None else sharding.shard_variables(variables, mesh)  # places the outlier state
 
 

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from mixq_jax import pallas_kernels as pk
-from mixq_jax import sharding
-from mixq_jax.schemes import ACT_KIND, LayerQuant
+from mixq_jax import schemes, sharding
+from mixq_jax.schemes import ACT_KIND, LayerQuant, QuantPlan
 
 Array = jax.Array
 BF16 = LayerQuant()
@@ -64,21 +64,69 @@ def _kernels(impl: str):
   raise ValueError(f"impl={impl!r} must be one of xla, pallas, interpret")
 
 
-def outlier_weight_columns(params: dict[str, Array], qa: QAct) -> Array:
-  """16-bit weight columns [N, C] for the outlier set: stored 16-bit columns for the calibration
-  slots (mix8), and the dequantized int8 columns for slots added later (and for llm_int8)."""
+COLS = schemes.OUTLIER_COLS
+
+
+def outlier_weight_columns(params: dict[str, Array], idx: Array, count: Array, calib_count: Array) -> Array:
+  """16-bit weight columns [N, C] for the outlier set idx [C] (count valid): stored 16-bit columns
+  for the calibration slots (mix8), dequantized int8 columns for slots added later (and for llm_int8).
+
+  Only the added slots gather from W: the others read column 0. A gather of C = 128 random columns
+  from a row-major int8 W touches most 32-byte sectors of every row, i.e. re-reads most of W; the
+  H100 decode of the llama-2-7b preset ran 2x slower with it than w8a8 (BENCHMARKS.md, issue 6)."""
   w_q, s_w = params["w_q"], params["s_w"]
-  deq = (w_q[:, qa.idx].astype(jnp.float32) * s_w[:, None]).astype(jnp.bfloat16)  # [N, C]
+  c = idx.shape[0]
+  slot = jnp.arange(c)
+  stored = (slot < calib_count) if "w_o" in params else jnp.zeros((c,), bool)
+  gather_idx = jnp.where((slot < count) & ~stored, idx, 0)
+  deq = (w_q[:, gather_idx].astype(jnp.float32) * s_w[:, None]).astype(jnp.bfloat16)  # [N, C]
   if "w_o" not in params:
     return deq
-  c = qa.idx.shape[0]
   w_o = _pad_to(params["w_o"].astype(jnp.bfloat16), 1, c)  # stored for the calibration slots only: [N, <=C]
-  return jnp.where((jnp.arange(c) < qa.calib_count)[None, :], w_o, deq)
+  return jnp.where(stored[None, :], w_o, deq)
+
+
+def outlier_column_cache(variables: dict, plan: QuantPlan) -> dict:
+  """The `outlier_cols` collection for variables {"params", "outliers"}: per mix8 layer
+  {"w_o": [N, C]}, the columns `outlier_weight_columns` gives for the current outlier sets.
+
+  With it in the variables, a call that does not detect reads these columns instead of
+  rebuilding them from W; calls that detect rebuild and store them (runtime.apply_model makes the
+  collection mutable then). Derived data, never saved: rebuild it after editing "outliers" by hand."""
+  cols: dict = {}
+  for path, lq in plan.layers:
+    if lq.scheme != "mix8":
+      continue
+    p, site = _node(variables["params"], path), _node(variables["outliers"], schemes.site_of(path))
+    node = cols
+    for key in path.split("."):
+      node = node.setdefault(key, {})
+    node["w_o"] = outlier_weight_columns(p, site["idx"], site["count"], site["calib_count"])
+  return cols
+
+
+def with_outlier_cache(variables: dict, plan: QuantPlan) -> dict:
+  """variables with their `outlier_cols` collection (re)built; unchanged if no layer is mix8."""
+  if "outliers" not in variables or not any(lq.scheme == "mix8" for _, lq in plan.layers):
+    return variables
+  return {**variables, COLS: _outlier_column_cache_jit(variables, plan)}
+
+
+_outlier_column_cache_jit = jax.jit(outlier_column_cache, static_argnums=1)
+
+
+def _node(tree: dict, path: str) -> dict:
+  for key in path.split("."):
+    tree = tree[key]
+  return tree
 
 
 def qmatmul(qa: QAct, params: dict[str, Array], lq: LayerQuant, *, impl: str = "xla", mesh: Any = None,
             role: str | None = None) -> Array:
   """y [M, N] = the scheme's approximation of x Wᵀ (+ b), in the dtype of qa.x.
+
+  Outlier schemes (llm_int8, mix8) take params["w_o"] as the [N, C] 16-bit columns of the whole
+  set (`outlier_weight_columns`, global column indices), built before any shard_map splits W.
 
   With a tensor-parallel `mesh` (axis "tp") and the Pallas kernels, the kernel runs per device
   under shard_map: role "column" (W split along N) gives an N-split y; role "row" (W split along K)
@@ -92,9 +140,6 @@ def qmatmul(qa: QAct, params: dict[str, Array], lq: LayerQuant, *, impl: str = "
     if params.get("bias") is not None:
       y = y + params["bias"].astype(jnp.float32)
     return y.astype(out_dtype)
-  if lq.scheme in ("llm_int8", "mix8"):
-    # Gathered from the whole W (global column indices), before any shard_map splits W.
-    params = dict(params, w_o=outlier_weight_columns(params, qa))
   if mesh is not None and impl != "xla" and mesh.size > 1:
     return _sharded_qmatmul(qa, params, lq, impl, mesh, role)
   return _local_qmatmul(qa, params, lq, impl)
@@ -307,7 +352,20 @@ class QuantDense(nn.Module):
                          self.param("w_o", nn.initializers.normal(0.02), (n, self.lq.capacity), jnp.bfloat16))
     if self.use_bias:
       params["bias"] = self.param("bias", nn.initializers.zeros, (n,), self.param_dtype)
+    if s in ("llm_int8", "mix8"):
+      params["w_o"] = self._outlier_columns(params, qa)
     role = None if self.mesh is None else sharding.layer_role(self.name)
     y = qmatmul(qa, params, self.lq, impl=self.impl, mesh=self.mesh, role=role)
     return y if lead is None else y.reshape(*lead, n)
 
+  def _outlier_columns(self, params: dict[str, Array], qa: QAct) -> Array:
+    """[N, C] 16-bit columns of the current outlier set: from the `outlier_cols` cache when the
+    variables carry one and this call cannot change the set (the collection is then immutable),
+    else rebuilt (and stored, when the cache exists and is mutable: a detecting call)."""
+    cached = self.lq.scheme == "mix8" and not self.is_initializing() and self.has_variable(COLS, "w_o")
+    if cached and not self.is_mutable_collection(COLS):
+      return self.get_variable(COLS, "w_o")
+    cols = outlier_weight_columns(params, qa.idx, qa.count, qa.calib_count)
+    if cached:
+      self.put_variable(COLS, "w_o", cols)
+    return cols

@@ -6,7 +6,10 @@ Everything user-facing (generate, eval, bench) enters here, so every CLI takes t
 Quantized models with online outlier prediction (mix8) carry state next to their parameters: the
 `outliers` variable collection (per site: idx [C], count, calib_count). It is threaded through
 every call like a KV cache; the first `plan.detect_calls` calls may grow it, later calls reuse it
-frozen. `LoadedModel` keeps the current state and the number of calls made.
+frozen. `LoadedModel` keeps the current state and the number of calls made. Next to it, the derived
+`outlier_cols` collection caches each layer's 16-bit weight columns for the current sets (built at
+load, rebuilt by the detecting calls), so that frozen calls read [N, C] columns instead of gathering
+them from the int8 weights on every call.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import jax.numpy as jnp
 
 from mixq_jax.config import ModelConfig
 from mixq_jax.models.transformer import Transformer, params_from_hf
-from mixq_jax.schemes import QuantPlan
+from mixq_jax.layers import with_outlier_cache
+from mixq_jax.schemes import OUTLIER_COLS, QuantPlan
 
 IMPLS = ("auto", "xla", "pallas", "interpret")
 
@@ -39,7 +43,9 @@ def apply_model(model: Transformer, variables: dict, *args, detect: bool = False
   """model.apply that threads the `outliers` state: returns (outputs, new variables)."""
   if "outliers" not in variables:
     return model.apply(variables, *args, detect=False, **kwargs), variables
-  out, mutated = model.apply(variables, *args, detect=detect, mutable=["outliers"], **kwargs)
+  # The column cache changes only where the sets can: it is read-only in frozen calls.
+  mutable = ["outliers"] + ([OUTLIER_COLS] if detect and OUTLIER_COLS in variables else [])
+  out, mutated = model.apply(variables, *args, detect=detect, mutable=mutable, **kwargs)
   return out, {**variables, **mutated}
 
 
@@ -125,6 +131,7 @@ def _load(source, ckpt, *, fp32, impl) -> LoadedModel:
     variables = dict(ck.params) if "params" in ck.params else {"params": ck.params}
     variables["params"] = _cast_floats(variables["params"], dtype)
     plan = QuantPlan.from_dict(ck.quant.get("plan", {}))
+    variables = with_outlier_cache(variables, plan)
     return LoadedModel(cfg, variables, tok, dtype, Transformer(cfg, dtype, impl, plan), dict(ck.quant), str(ckpt))
   from mixq_jax import io
 

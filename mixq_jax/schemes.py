@@ -18,6 +18,10 @@ ACT_KIND: dict[str, str | None] = {
     "w8a8": "int8", "llm_int8": "int8_dynamic", "mix8": "int8_outliers",
 }
 
+# Variable collection of derived, never-saved state: each mix8 layer's 16-bit weight columns
+# [N, C] for its current outlier set (layers.outlier_column_cache).
+OUTLIER_COLS = "outlier_cols"
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SchemeInfo:

@@ -33,6 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mixq_jax.config import ModelConfig
+from mixq_jax.schemes import OUTLIER_COLS
 
 AXIS = "tp"
 COLUMN = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "query_key_value", "dense_h_to_4h", "lm_head"}
@@ -93,11 +94,12 @@ def _spec(path: tuple[str, ...], shape: tuple[int, ...], tp: int) -> P:
 
 
 def variable_specs(variables: dict[str, Any], tp: int) -> Any:
-  """A PartitionSpec for every leaf of {"params", "outliers"}."""
+  """A PartitionSpec for every leaf of {"params", "outliers", "outlier_cols"}."""
   def spec(path, leaf):
     keys = tuple(getattr(k, "key", str(k)) for k in path)
     shape = leaf.shape if hasattr(leaf, "shape") else np.shape(leaf)  # arrays or ShapeDtypeStructs
-    return _spec(keys if keys[0] == "params" else (), tuple(shape), tp)
+    # The outlier-column cache is laid out like the params it is derived from (w_o of each layer).
+    return _spec(keys if keys[0] in ("params", OUTLIER_COLS) else (), tuple(shape), tp)
   return jax.tree_util.tree_map_with_path(spec, variables)
 
 

@@ -1,13 +1,15 @@
 """8-bit schemes end to end on the real tiny Llama (stories260K): convert -> checkpoint -> ppl/generate."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixq_jax import convert, runtime
+from mixq_jax import convert, layers, runtime
 from mixq_jax.eval import ppl
 from mixq_jax.generate import generate
 from mixq_jax.quant import calibrate
+from mixq_jax.schemes import OUTLIER_COLS
 from tests.conftest import asset
 
 SCHEMES = ["w8a16", "w8a8", "llm_int8", "mix8"]
@@ -59,6 +61,34 @@ def test_mix8_detection_runs_for_the_first_calls_only(ckpts):
   frozen = jax.tree.map(np.asarray, lm.variables["outliers"])
   lm.logits(toks * 0 + 7, pos)
   assert jax.tree.all(jax.tree.map(np.array_equal, frozen, jax.tree.map(np.asarray, lm.variables["outliers"])))
+
+
+def test_mix8_outlier_column_cache(ckpts):
+  """runtime.load builds the 16-bit column cache; detecting calls keep it equal to a rebuild from
+  the grown sets; frozen calls read it and give the logits of the cache-free path."""
+  _, out = ckpts
+  lm = runtime.load(ckpt=out["mix8"])
+  cache = lm.variables[OUTLIER_COLS]
+  n_mix8 = sum(lq.scheme == "mix8" for _, lq in lm.plan.layers)
+  assert len(jax.tree_util.tree_leaves(cache)) == n_mix8
+  assert cache["layers_0"]["mlp"]["down_proj"]["w_o"].shape == (64, 16)
+  rng = np.random.default_rng(3)
+  toks = rng.integers(0, 512, (2, 32))
+  toks[:, 5] = 300
+  pos = np.broadcast_to(np.arange(32), toks.shape)
+  counts = lambda v: sum(int(s) for s in jax.tree_util.tree_leaves(  # noqa: E731
+      jax.tree.map(lambda a: a if a.ndim == 0 else 0, v["outliers"])))
+  before = counts(lm.variables)
+  lm.logits(toks, pos)
+  lm.logits(toks[::-1], pos)
+  rebuilt = layers.outlier_column_cache(lm.variables, lm.plan)
+  assert jax.tree.all(jax.tree.map(np.array_equal, jax.tree.map(np.asarray, rebuilt),
+                                   jax.tree.map(np.asarray, lm.variables[OUTLIER_COLS])))
+  print(f"outlier set entries before/after detection: {before} -> {counts(lm.variables)}")
+  with_cache = np.asarray(lm.logits(toks, pos))
+  no_cache = {k: v for k, v in lm.variables.items() if k != OUTLIER_COLS}
+  plain, _ = runtime._forward(lm.model, no_cache, jnp.asarray(toks, jnp.int32), jnp.asarray(pos, jnp.int32), False)
+  np.testing.assert_array_equal(with_cache, np.asarray(plain))
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)

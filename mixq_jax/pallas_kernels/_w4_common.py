@@ -43,12 +43,15 @@ def default_config(kernel: str, m: int) -> KernelConfig:
   """Starting points before tuning (block_k is a multiple of the 128-column pack block)."""
   mb = m_bucket(m)
   if mb <= 16:  # decode: weight bytes dominate; narrow N tiles so every SM streams weights
-    # block_k 1024 moves 16 KB of int4 weights per loop step at block_n 32, as the tuned w8a8
-    # decode config (block_k 512) does with int8; block_k 256 (4 KB per step) ran at ~1 TB/s
-    # (w4a8, 70B q_o, M = 16). Not re-measured since.
-    split = 2 if kernel == "w4a16" else 1
-    return KernelConfig(block_m=16, block_n=32, block_k=1024, num_warps=4, num_stages=3,
-                        split_k=split)
+    if kernel == "w4a16":
+      # block_k 1024 (16 KB of int4 weights per step) + split-K 2, with the per-group row sums from
+      # XLA: 54.7 us, 1.19x bf16 at 70B q_o (H100, 2026-12-05); block_k 256 with in-kernel row sums
+      # was 0.76x.
+      return KernelConfig(block_m=16, block_n=32, block_k=1024, num_warps=4, num_stages=3, split_k=2)
+    # block_k 256 / 4 stages: w4a8 ran 34.0 us (1.81x) at 70B q_o, block_k 1024 / 3 stages 36.6 us
+    # (1.63x) (H100, 2026-11-25 and 2026-12-05); mx at block_k 1024 unrolls 32 scale blocks per step
+    # and its benchmark row ran past 45 s on the GPU.
+    return KernelConfig(block_m=16, block_n=32, block_k=256, num_warps=4, num_stages=4)
   if mb <= 64:  # mx unrolls block_k / 128 pack blocks per step: at 512 it spilled 544 B per thread
     return KernelConfig(block_m=mb, block_n=64, block_k=256 if kernel == "mx" else 512, num_warps=4, num_stages=3)
   # 128 x 128 tiles on 8 warps: the sm_90 machine code of every 4-bit / MX kernel then fits the

@@ -86,7 +86,8 @@ def test_abstract_7b_needs_no_float_copy():
   cfg = presets.model_config("llama-2-7b")
   av = jax.eval_shape(lambda: throughput.random_variables(cfg, "mix8", 128, seed=0))
   gb = throughput.tree_bytes(av) / 1e9
-  assert 6.9 < gb < 7.6, gb  # int8 weights + 16-bit outlier columns + bf16 embed/head
+  # int8 weights + stored 16-bit outlier columns + their [N, C] cache (0.35 GB) + bf16 embed/head
+  assert 7.2 < gb < 7.9, gb
 
 
 def test_torch_peer_entry_point_on_cpu(tmp_path):

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixq_jax.layers import ActQuant, QuantDense
+from mixq_jax.layers import ActQuant, QuantDense, outlier_weight_columns
 from mixq_jax.quant.rtn import quantize_int8_per_channel
-from mixq_jax.schemes import LayerQuant
+from mixq_jax.schemes import OUTLIER_COLS, LayerQuant
 
 M, K, N, C = 12, 48, 32, 8
 
@@ -129,6 +129,63 @@ def test_mix8_online_prediction(impl):
   detecting = jax.make_jaxpr(lambda v, x: model.apply(v, x, detect=True, mutable=["outliers"]))(
       variables, jnp.asarray(x2, jnp.bfloat16))
   assert "top_k" in str(detecting) and "top_k" not in str(frozen)
+
+
+def _gathers(jaxpr) -> int:
+  return str(jaxpr).count(" gather[")
+
+
+@pytest.mark.parametrize("impl", ["xla", "interpret"])
+def test_mix8_column_cache_rebuilt_when_detecting_read_when_frozen(impl):
+  rng = np.random.default_rng(4)
+  calib = [3, 17]
+  w, w_q, s_w, variables = _mix8_vars(rng, calib)
+  model = Site(LayerQuant(scheme="mix8", capacity=C), impl)
+  # A wrong cache on purpose: the detecting call must rebuild it from the new set, not read it.
+  variables = {**variables, OUTLIER_COLS: {"dense": {"w_o": jnp.full((N, C), 7.0, jnp.bfloat16)}}}
+  x1 = _x(rng, hot=[(3, 30.0), (40, 25.0)])
+  y1, st = model.apply(variables, jnp.asarray(x1, jnp.bfloat16), detect=True, mutable=["outliers", OUTLIER_COLS])
+  ref1 = _mix8_ref(x1, w, w_q, s_w, {3, 17, 40}, calib)
+  np.testing.assert_allclose(np.asarray(y1, np.float32), ref1, rtol=2e-2, atol=2e-2 * np.abs(ref1).max())
+  cols = np.asarray(st[OUTLIER_COLS]["dense"]["w_o"], np.float32)
+  want = np.stack([w[:, 3], w[:, 17], w_q[:, 40] * s_w], axis=1)  # stored, stored, added (dequantized)
+  np.testing.assert_array_equal(cols[:, :3], np.asarray(jnp.asarray(want, jnp.bfloat16), np.float32))
+  variables = {**variables, **st}
+  # Frozen: the cache is read (not rebuilt), so the program has one gather less than without it ...
+  x2 = _x(rng, hot=[(7, 20.0), (40, 25.0)])
+  y2, _ = model.apply(variables, jnp.asarray(x2, jnp.bfloat16), detect=False, mutable=["outliers"])
+  ref2 = _mix8_ref(x2, w, w_q, s_w, {3, 17, 40}, calib)
+  np.testing.assert_allclose(np.asarray(y2, np.float32), ref2, rtol=2e-2, atol=2e-2 * np.abs(ref2).max())
+  no_cache = {k: v for k, v in variables.items() if k != OUTLIER_COLS}
+  frozen = lambda v: jax.make_jaxpr(lambda v, x: model.apply(v, x, detect=False, mutable=["outliers"]))(  # noqa: E731
+      v, jnp.asarray(x2, jnp.bfloat16))
+  assert _gathers(frozen(variables)) == _gathers(frozen(no_cache)) - 1
+  # ... and what it holds is what the layer uses.
+  poisoned = {**variables, OUTLIER_COLS: {"dense": {"w_o": st[OUTLIER_COLS]["dense"]["w_o"].at[:, 2].set(0)}}}
+  y3, _ = model.apply(poisoned, jnp.asarray(x2, jnp.bfloat16), detect=False, mutable=["outliers"])
+  assert np.abs(np.asarray(y3, np.float32) - np.asarray(y2, np.float32)).max() > 1e-2 * np.abs(ref2).max()
+
+
+@pytest.mark.parametrize("count", [0, 2, 5, C])
+def test_outlier_weight_columns_gathers_only_added_slots(count):
+  """Slots below calib_count take the stored 16-bit columns, slots [calib_count, count) the
+  dequantized int8 ones; the gather reads column 0 for every other slot."""
+  rng = np.random.default_rng(5)
+  w, w_q, s_w = _weights(rng)
+  idx = rng.permutation(K)[:C].astype(np.int32)
+  calib = min(2, count)
+  w_o = np.asarray(jnp.asarray(w[:, idx[:calib]], jnp.bfloat16))
+  cols = np.asarray(outlier_weight_columns({"w_q": w_q, "s_w": s_w, "w_o": w_o}, jnp.asarray(idx),
+                                           jnp.int32(count), jnp.int32(calib)), np.float32)
+  deq = np.asarray(jnp.asarray(w_q[:, idx] * s_w[:, None], jnp.bfloat16), np.float32)
+  np.testing.assert_array_equal(cols[:, :calib], np.asarray(w_o, np.float32))
+  np.testing.assert_array_equal(cols[:, calib:count], deq[:, calib:count])
+  col0 = np.asarray(jnp.asarray(w_q[:, :1] * s_w[:, None], jnp.bfloat16), np.float32)
+  np.testing.assert_array_equal(cols[:, count:], np.broadcast_to(col0, (N, C - count)))
+  # llm_int8 (no stored columns): every valid slot is dequantized.
+  cols8 = np.asarray(outlier_weight_columns({"w_q": w_q, "s_w": s_w}, jnp.asarray(idx), jnp.int32(count),
+                                            jnp.int32(0)), np.float32)
+  np.testing.assert_array_equal(cols8[:, :count], deq[:, :count])
 
 
 def test_mix8_capacity_is_a_hard_limit():
