@@ -1,6 +1,6 @@
 """GEMM benchmark rows for the 4-bit and MX kernels (issue 8), on bench/gemm.py's protocol.
 
-    python bench/gemm4.py [--models 7b,70b] [--ms 1,16,1024,4096] [--kernels ...] [--json OUT]
+    python bench/gemm4.py [--models 7b,70b] [--ms 1,16,1024,4096] [--kernels ...] [--configs "BM,BN,BK,W,S;..."] [--json OUT]
 
 Kernels: w4a16 (AWQ g128), w4a8 (QQQ per-channel), w4a8g (QQQ g128), w4a4o16 (MixQ-4, 128
 outlier columns), w4a4o16q (QUIK asymmetric activations, 128 outliers), mx (MXFP8 x MXFP4),
@@ -13,11 +13,13 @@ rotation and the ratio to XLA bf16 measured in the same run are bench/gemm.py's 
 """
 
 import argparse
+import dataclasses
 import functools
 import itertools
 import json
 import pathlib
 import sys
+import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -27,6 +29,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from mixq_jax import pallas_kernels as pk  # noqa: E402
+from mixq_jax.pallas_kernels import configs  # noqa: E402
+from mixq_jax.pallas_kernels._w4_common import select_config  # noqa: E402
+from mixq_jax.pallas_kernels.configs import KernelConfig  # noqa: E402
 from mixq_jax.pallas_kernels.mx import MXWeights  # noqa: E402
 
 KINDS = ("w4a16", "w4a8", "w4a8g", "w4a4o16", "w4a4o16q", "mx", "mxmix", "mxfp8")
@@ -109,13 +114,27 @@ def kernel_fn(kind):
   return functools.partial(fn, **kw), ref
 
 
-def run_one(kind, m, n, k, samples):
+def run_one(kind, m, n, k, samples, config=None):
   fn, ref = kernel_fn(kind)
+  if config is not None:
+    fn = functools.partial(fn, config=config)
   sb = set_bytes(kind, m, n, k)
   t_est = gemm.est_seconds(m, n, k, sb + 2 * m * n)
   sets = [make_set(kind, m, n, k, i) for i in range(gemm.n_sets(t_est, sb))]
   err = gemm.max_rel_err(fn(*sets[0]), ref(*sets[0]))
   return gemm.time_call(fn, sets, samples, t_est=t_est), err
+
+
+def parse_configs(text):
+  """"BM,BN,BK,WARPS,STAGES[,SPLIT_K];..." -> [KernelConfig]."""
+  out = []
+  for item in filter(None, (t.strip() for t in (text or "").split(";"))):
+    v = [int(x) for x in item.split(",")]
+    if len(v) not in (5, 6):
+      raise SystemExit(f"--configs entry {item!r}: expected BM,BN,BK,WARPS,STAGES[,SPLIT_K]")
+    out.append(KernelConfig(block_m=v[0], block_n=v[1], block_k=v[2], num_warps=v[3], num_stages=v[4],
+                            split_k=v[5] if len(v) == 6 else 1))
+  return out
 
 
 def main():
@@ -126,32 +145,60 @@ def main():
   p.add_argument("--ms", default="1,16,1024,4096", help="comma list of token counts M")
   p.add_argument("--kernels", default=",".join(KINDS), help="comma list of " + ",".join(KINDS))
   p.add_argument("--samples", type=int, default=25, help="timed samples per kernel (median kept; default 25)")
-  p.add_argument("--json", default=None, help="write one record per kernel x shape here")
+  p.add_argument("--configs", default=None, metavar="BM,BN,BK,W,S[,SPLIT];...",
+                 help="also time every kernel with each of these configs (block_m, block_n, block_k, warps, "
+                      "stages, split-K for w4a16) next to its default; block_m is clipped to M's bucket. "
+                      "Columns are named kernel@BMxBNxBKwWsS[kSPLIT]")
+  p.add_argument("--json", default=None, help="write one record per kernel x shape here (after every kernel, so a "
+                                              "cut-off run keeps what it timed)")
   a = p.parse_args()
   kinds = a.kernels.split(",")
+  extra = parse_configs(a.configs)
   info = gemm.env_info()
   print(json.dumps(info), flush=True)
   keep = None if a.shapes is None else a.shapes.split(",")
   shapes = [(f"{mdl}/{nm}", nk) for mdl in a.models.split(",")
             for nm, nk in gemm.SHAPES[mdl].items() if keep is None or nm in keep]
-  rows, records = [], []
+  rows, records, cols = [], [], []
   for (label, (n, k)), m in itertools.product(shapes, [int(v) for v in a.ms.split(",")]):
     t_bf16, _, _ = gemm.run_one("bf16", m, n, k, samples=a.samples)
     row = {"shape": label, "M": m, "N": n, "K": k, "bf16": t_bf16 * 1e6}
+    print(f"{label} M={m}: bf16 {t_bf16 * 1e6:.1f} us", flush=True)
     for kind in kinds:
-      try:
-        t, err = run_one(kind, m, n, k, a.samples)
-      except Exception as e:  # report, keep going
-        print(f"FAILED {kind} M={m} N={n} K={k}: {type(e).__name__}: {str(e)[:300]}", flush=True)
-        continue
-      row[kind] = (t * 1e6, t_bf16 / t, err)
-      records.append(dict(kernel=kind, M=m, N=n, K=k, shape=label, time_us=t * 1e6,
-                          bf16_time_us=t_bf16 * 1e6, speedup=t_bf16 / t, max_rel_err=err))
+      for cfg in [None] + extra:
+        col = kind if cfg is None else f"{kind}@{_cfg_name(cfg)}"
+        if cfg is not None:
+          cfg = dataclasses.replace(cfg, block_m=min(cfg.block_m, max(16, configs.m_bucket(m))))
+        t0 = time.perf_counter()
+        try:
+          t, err = run_one(kind, m, n, k, a.samples, cfg)
+        except Exception as e:  # report, keep going
+          print(f"FAILED {col} M={m} N={n} K={k}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+          continue
+        cols += [col] if col not in cols else []
+        row[col] = (t * 1e6, t_bf16 / t, err)
+        records.append(dict(kernel=kind, M=m, N=n, K=k, shape=label, time_us=t * 1e6, bf16_time_us=t_bf16 * 1e6,
+                            speedup=t_bf16 / t, max_rel_err=err,
+                            config=(cfg or pk_select(kind, m, n, k)).to_dict()))
+        print(f"  {col}: {t * 1e6:.1f} us ({t_bf16 / t:.2f}x) err {err:.1e} [{time.perf_counter() - t0:.0f} s]",
+              flush=True)
+        if a.json:
+          pathlib.Path(a.json).write_text(json.dumps({"env": info, "records": records}, indent=1))
     rows.append(row)
-    print(gemm.fmt_row(row, kinds), flush=True)
-    if a.json:
-      pathlib.Path(a.json).write_text(json.dumps({"env": info, "records": records}, indent=1))
-  gemm.print_table(rows, kinds, info)
+    print(gemm.fmt_row(row, cols), flush=True)
+  gemm.print_table(rows, cols, info)
+
+
+def _cfg_name(c):
+  return (f"{c.block_m}x{c.block_n}x{c.block_k}w{c.num_warps}s{c.num_stages}"
+          + (f"k{c.split_k}" if c.split_k > 1 else ""))
+
+
+def pk_select(kind, m, n, k):
+  """The config the wrapper picks by itself (recorded with each default-config row)."""
+  base = {"w4a8g": "w4a8", "w4a4o16q": "w4a4o16", "mxmix": "mx", "mxfp8": "mx"}.get(kind, kind)
+  return select_config(base, m, n, k)
+
 
 if __name__ == "__main__":
   main()
