@@ -25,8 +25,9 @@ configuration because the runtime's own peak counter cannot be reset between sch
 too). Bandwidth = (weight bytes read per step + KV cache bytes) / decode step time, against a
 measured device copy (read + write) bandwidth.
 
-The PPL benchmark (--ppl-batch) times the perplexity forward of mixq_jax.eval.ppl (logits + NLL) on
-WikiText-2 windows of --ppl-ctx tokens, in windows/s ("it/s"). Presets have no tokenizer, so the text
+The PPL benchmark (--ppl-batch) times the perplexity forward of mixq_jax.eval.ppl (logits + NLL,
+scored in blocks of rows so batch 512 never holds its whole [B, T, V] logits) on WikiText-2 windows
+of --ppl-ctx tokens, in windows/s ("it/s"). Presets have no tokenizer, so the text
 is tokenized bytewise (UTF-8 byte + 3, a stand-in: the speed of a forward does not depend on which
 tokens it reads, and the outlier sets are frozen for timing).
 

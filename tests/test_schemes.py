@@ -47,3 +47,25 @@ def test_registry_and_sites():
   assert site_of("layers_2.self_attn.k_proj") == "layers_2.self_attn.attn_in"
   assert site_of("layers_2.self_attention.dense") == "layers_2.self_attention.o_in"
   assert site_of("lm_head") == "head_in"
+
+
+@pytest.mark.parametrize("scheme", ["w8a16", "mix8"])
+def test_quantized_head_reaches_the_model(scheme):
+  """quantize_head / a rule on "lm_head" quantizes the top-level head (its plan path has no prefix)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from mixq_jax.config import ModelConfig
+  from mixq_jax.models import Transformer, init_variables, layer_paths
+
+  cfg = ModelConfig(model_type="llama", family="llama", vocab_size=96, hidden_size=64, intermediate_size=128,
+                    num_layers=1, num_heads=4, num_kv_heads=4, head_dim=16, max_position_embeddings=64,
+                    tie_word_embeddings=False)
+  plan = build_plan(layer_paths(cfg), scheme, capacity=8, quantize_head=True)
+  v = init_variables(cfg, jax.random.PRNGKey(0), jnp.float32, plan)
+  assert v["params"]["lm_head"]["w_q"].dtype == jnp.int8 and "weight" not in v["params"]["lm_head"]
+  assert ("head_in" in v.get("outliers", {})) == (scheme == "mix8")
+  toks = jnp.arange(6, dtype=jnp.int32)[None]
+  (logits, _), _ = Transformer(cfg, jnp.float32, plan=plan).apply(v, toks, toks, mutable=["outliers"])
+  assert logits.shape == (1, 6, 96) and np.isfinite(np.asarray(logits)).all()

@@ -120,7 +120,10 @@ def main():
         n_sharded = sum(not s.is_fully_replicated for s in jax.tree.leaves(jax.tree.map(lambda a: a.sharding, sv)))
         gen_equal = None
         if check_gen:
-          gen = generate(LoadedModel(cfg, sv, Tok(), jnp.float32, m), ["5 6 7", "1 2"], max_new_tokens=6,
+          # As runtime.load hands it out: with mix8's outlier-column cache, sharded like the weights
+          # (the reference above ran without one).
+          gv = sharding.shard_variables(layers.with_outlier_cache(v, plan), mesh)
+          gen = generate(LoadedModel(cfg, gv, Tok(), jnp.float32, m), ["5 6 7", "1 2"], max_new_tokens=6,
                          stop_on_eos=False).token_ids
           gen_equal = gen == ref_gen
         results.append({"model": name, "scheme": scheme, "impl": impl, "tp": tp, "n_sharded_leaves": n_sharded,

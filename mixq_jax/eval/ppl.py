@@ -73,10 +73,9 @@ class PplResult:
 @functools.partial(jax.jit, static_argnames=("model", "detect"))
 def _window_nll(model, variables, tokens, detect):  # tokens [B, n_ctx] -> (mean NLL per window [B], variables)
   positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-  (logits, _), variables = apply_model(model, variables, tokens, positions, detect=detect)
-  logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-  nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-  return nll.mean(axis=-1), variables
+  targets = jnp.roll(tokens, -1, axis=1)  # next token; the last position's is dropped below
+  (nll, _), variables = apply_model(model, variables, tokens, positions, detect=detect, targets=targets)
+  return nll[:, :-1].mean(axis=-1), variables
 
 
 def perplexity(lm, text: str, *, n_ctx: int = 2048, max_windows: int | None = None, batch_size: int = 1,

@@ -43,15 +43,18 @@ class Builder(NamedTuple):
   mesh: Any = None  # tensor-parallel mesh, for the Pallas kernels' shard_map (layers.qmatmul)
 
   def dense(self, name: str, k: int, n: int, bias: bool) -> QuantDense:
-    return QuantDense(k, n, bias, self.param_dtype, self.impl, self.plan.get(f"{self.prefix}.{name}"), self.mesh,
-                      name=name)
+    return QuantDense(k, n, bias, self.param_dtype, self.impl, self.plan.get(self._path(name)), self.mesh, name=name)
 
   def site(self, name: str, first_layer: str) -> ActQuant:
     """The site in front of `first_layer` (layers of a site share one LayerQuant, see schemes.site_of)."""
-    return ActQuant(self.plan.get(f"{self.prefix}.{first_layer}"), self.impl, self.calibrate, self.mesh, name=name)
+    return ActQuant(self.plan.get(self._path(first_layer)), self.impl, self.calibrate, self.mesh, name=name)
 
   def child(self, name: str) -> "Builder":
-    return self._replace(prefix=f"{self.prefix}.{name}" if self.prefix else name)
+    return self._replace(prefix=self._path(name))
+
+  def _path(self, name: str) -> str:
+    # Top-level layers (the LM head) have no prefix: their plan path is "lm_head", not ".lm_head".
+    return f"{self.prefix}.{name}" if self.prefix else name
 
 
 _MASKED = -1e30  # finite, so fully masked (padding) rows give a uniform softmax instead of NaN

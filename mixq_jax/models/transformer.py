@@ -17,6 +17,9 @@ from mixq_jax.models import common, falcon, llama
 from mixq_jax.schemes import QuantPlan
 
 _FAMILIES = {"llama": llama, "falcon": falcon}
+# Float32 logits one NLL block may hold (Transformer targets=...): at batch 512 x 512 tokens x 32000
+# the whole [B, T, V] would take 33.5 GB, and as much again for the log-softmax.
+NLL_BLOCK_BYTES = 4 << 30
 _BLOCKS = {"llama": llama.LlamaBlock, "falcon": falcon.FalconBlock}
 
 
@@ -26,6 +29,9 @@ class Transformer(nn.Module):
 
   positions: index of each token in its own sequence, -1 for padding. With a cache, the T new
   tokens are written at cache slots [start, start + T) and attend to every earlier slot.
+  targets [B, T] int32: return the per-token NLL [B, T] float32 of these ids instead of the logits,
+  computed a block of rows at a time (NLL_BLOCK_BYTES of float32 logits at most), so a large
+  perplexity batch never holds all of its [B, T, V] logits at once.
   """
 
   cfg: ModelConfig
@@ -37,7 +43,7 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions, cache: common.Cache | None = None, start=0, last_only: bool = False,
-               detect: bool = False):
+               detect: bool = False, targets=None):
     c = self.cfg
     mk = common.Builder(self.plan, "", self.param_dtype, self.impl, self.calibrate, self.mesh)
     embed = self.param("embed", nn.initializers.normal(0.02), (c.vocab_size, c.hidden_size), self.param_dtype)
@@ -55,13 +61,22 @@ class Transformer(nn.Module):
     x = common.make_norm(c, self.param_dtype, "final_norm")(x)
     if last_only:
       x, positions = x[:, -1:], positions[:, -1:]
-    if c.tie_word_embeddings:
-      logits = jnp.einsum("btd,vd->btv", x, embed.astype(x.dtype), preferred_element_type=jnp.float32)
-    else:
-      xh = mk.site("head_in", "lm_head")(x, positions >= 0, detect)
-      logits = mk.dense("lm_head", c.hidden_size, c.vocab_size, False)(xh).reshape(*x.shape[:2], c.vocab_size)
     new_cache = None if cache is None else {"pos": cache_pos, "layers": new_layers}
-    return logits.astype(jnp.float32), new_cache
+    if c.tie_word_embeddings:
+      head = lambda h, p: jnp.einsum("btd,vd->btv", h, embed.astype(h.dtype),  # noqa: E731
+                                     preferred_element_type=jnp.float32)
+    else:
+      site, dense = mk.site("head_in", "lm_head"), mk.dense("lm_head", c.hidden_size, c.vocab_size, False)
+      head = lambda h, p: dense(site(h, p >= 0, detect)).reshape(*h.shape[:2], c.vocab_size)  # noqa: E731
+    if targets is None:
+      return head(x, positions).astype(jnp.float32), new_cache
+    b, t = targets.shape
+    rows = max(1, min(b, NLL_BLOCK_BYTES // (t * c.vocab_size * 4)))
+    nll = []
+    for r in range(0, b, rows):  # static blocks: XLA frees each block's logits before the next
+      logp = jax.nn.log_softmax(head(x[r:r + rows], positions[r:r + rows]).astype(jnp.float32), axis=-1)
+      nll.append(-jnp.take_along_axis(logp, targets[r:r + rows, :, None], axis=-1)[..., 0])
+    return jnp.concatenate(nll, axis=0), new_cache
 
 
   def _replicated(self, x):

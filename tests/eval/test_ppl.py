@@ -56,3 +56,21 @@ def test_read_text_joins_rows(tmp_path):
   q = tmp_path / "plain.txt"
   q.write_text("hello\nworld")
   assert ppl.read_text(q) == "hello\nworld"
+
+
+def test_nll_in_row_blocks_equals_one_block(lm, monkeypatch):  # noqa: F811
+  """A perplexity batch is scored a block of rows at a time (Transformer targets=...); the blocks
+  change the peak memory, not the result."""
+  from mixq_jax.models import transformer
+
+  text = _text(100)
+  whole = ppl.perplexity(lm, text, n_ctx=16, batch_size=1, progress=False)
+  ids = jnp.asarray(np.array(_Tok()(text)["input_ids"][:80]).reshape(5, 16))
+  pos = jnp.broadcast_to(jnp.arange(16), ids.shape)
+  count = lambda: str(jax.make_jaxpr(  # noqa: E731
+      lambda v: lm.model.apply(v, ids, pos, targets=ids)[0])(lm.variables)).count("name=log_softmax")  # one per block
+  one_block = count()
+  monkeypatch.setattr(transformer, "NLL_BLOCK_BYTES", 1)  # one row per block
+  assert count() == one_block + 4
+  blocks = ppl.perplexity(lm, text, n_ctx=16, batch_size=5, progress=False)  # a new shape: traced with 1-row blocks
+  assert math.isclose(whole.ppl, blocks.ppl, rel_tol=1e-6)
