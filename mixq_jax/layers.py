@@ -333,6 +333,7 @@ class QuantDense(nn.Module):
   impl: str = "xla"
   lq: LayerQuant = BF16
   mesh: Any = None  # tensor-parallel mesh (mixq_jax.sharding); the layer's name gives its role
+  detect: bool = False  # this call may grow the site's outlier set (mix8): the column cache is stale
 
   @nn.compact
   def __call__(self, qa: QAct | Array) -> Array:  # -> [M, N] (or [..., N] for an array input)
@@ -359,13 +360,13 @@ class QuantDense(nn.Module):
     return y if lead is None else y.reshape(*lead, n)
 
   def _outlier_columns(self, params: dict[str, Array], qa: QAct) -> Array:
-    """[N, C] 16-bit columns of the current outlier set: from the `outlier_cols` cache when the
-    variables carry one and this call cannot change the set (the collection is then immutable),
-    else rebuilt (and stored, when the cache exists and is mutable: a detecting call)."""
+    """[N, C] 16-bit columns of the current outlier set: read from the `outlier_cols` cache when
+    the variables carry one and this call does not detect; else rebuilt, and stored back when the
+    cache exists and is mutable (runtime.apply_model's detecting calls)."""
     cached = self.lq.scheme == "mix8" and not self.is_initializing() and self.has_variable(COLS, "w_o")
-    if cached and not self.is_mutable_collection(COLS):
+    if cached and not self.detect:
       return self.get_variable(COLS, "w_o")
     cols = outlier_weight_columns(params, qa.idx, qa.count, qa.calib_count)
-    if cached:
+    if cached and self.is_mutable_collection(COLS):
       self.put_variable(COLS, "w_o", cols)
     return cols

@@ -41,9 +41,11 @@ class Builder(NamedTuple):
   impl: str
   calibrate: bool
   mesh: Any = None  # tensor-parallel mesh, for the Pallas kernels' shard_map (layers.qmatmul)
+  detect: bool = False  # the call may grow the outlier sets (QuantDense then rebuilds its columns)
 
   def dense(self, name: str, k: int, n: int, bias: bool) -> QuantDense:
-    return QuantDense(k, n, bias, self.param_dtype, self.impl, self.plan.get(self._path(name)), self.mesh, name=name)
+    return QuantDense(k, n, bias, self.param_dtype, self.impl, self.plan.get(self._path(name)), self.mesh,
+                      self.detect, name=name)
 
   def site(self, name: str, first_layer: str) -> ActQuant:
     """The site in front of `first_layer` (layers of a site share one LayerQuant, see schemes.site_of)."""

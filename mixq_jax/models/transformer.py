@@ -45,7 +45,7 @@ class Transformer(nn.Module):
   def __call__(self, tokens, positions, cache: common.Cache | None = None, start=0, last_only: bool = False,
                detect: bool = False, targets=None):
     c = self.cfg
-    mk = common.Builder(self.plan, "", self.param_dtype, self.impl, self.calibrate, self.mesh)
+    mk = common.Builder(self.plan, "", self.param_dtype, self.impl, self.calibrate, self.mesh, detect)
     embed = self.param("embed", nn.initializers.normal(0.02), (c.vocab_size, c.hidden_size), self.param_dtype)
     x = self._replicated(jnp.take(embed, tokens, axis=0))  # [B, T, D]
     cache_pos = None if cache is None else common.update_cache_pos(cache, positions, start)

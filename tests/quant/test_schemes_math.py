@@ -27,7 +27,7 @@ class Site(nn.Module):
   @nn.compact
   def __call__(self, x, detect=False):
     qa = ActQuant(self.lq, self.impl, name="site")(x[None], jnp.ones((1, x.shape[0]), bool), detect)
-    return QuantDense(K, N, False, jnp.bfloat16, self.impl, self.lq, name="dense")(qa)
+    return QuantDense(K, N, False, jnp.bfloat16, self.impl, self.lq, detect=detect, name="dense")(qa)
 
 
 def _weights(rng):
@@ -141,11 +141,14 @@ def test_mix8_column_cache_rebuilt_when_detecting_read_when_frozen(impl):
   calib = [3, 17]
   w, w_q, s_w, variables = _mix8_vars(rng, calib)
   model = Site(LayerQuant(scheme="mix8", capacity=C), impl)
-  # A wrong cache on purpose: the detecting call must rebuild it from the new set, not read it.
+  # A wrong cache on purpose: the detecting call must rebuild it from the new set, not read it ...
   variables = {**variables, OUTLIER_COLS: {"dense": {"w_o": jnp.full((N, C), 7.0, jnp.bfloat16)}}}
   x1 = _x(rng, hot=[(3, 30.0), (40, 25.0)])
-  y1, st = model.apply(variables, jnp.asarray(x1, jnp.bfloat16), detect=True, mutable=["outliers", OUTLIER_COLS])
   ref1 = _mix8_ref(x1, w, w_q, s_w, {3, 17, 40}, calib)
+  # ... also when the caller does not let it store the rebuilt columns.
+  y0, _ = model.apply(variables, jnp.asarray(x1, jnp.bfloat16), detect=True, mutable=["outliers"])
+  np.testing.assert_allclose(np.asarray(y0, np.float32), ref1, rtol=2e-2, atol=2e-2 * np.abs(ref1).max())
+  y1, st = model.apply(variables, jnp.asarray(x1, jnp.bfloat16), detect=True, mutable=["outliers", OUTLIER_COLS])
   np.testing.assert_allclose(np.asarray(y1, np.float32), ref1, rtol=2e-2, atol=2e-2 * np.abs(ref1).max())
   cols = np.asarray(st[OUTLIER_COLS]["dense"]["w_o"], np.float32)
   want = np.stack([w[:, 3], w[:, 17], w_q[:, 40] * s_w], axis=1)  # stored, stored, added (dequantized)
