@@ -244,6 +244,17 @@ def time_median(fn, reps: int) -> float:
 
 # ------------------------------------------------------------------------------------ device info
 
+def profile_decode(run_decode, out_dir: pathlib.Path, steps: int, log) -> dict[str, Any]:
+  """One decode call under the profiler; its per-kernel summary (times per decode step)."""
+  import trace_summary
+
+  with jax.profiler.trace(str(out_dir), create_perfetto_trace=True):
+    run_decode()
+  summ = trace_summary.summarize(out_dir, top=15)
+  log(trace_summary.format_summary(summ, per=steps))
+  return dict(summ, trace_dir=str(out_dir), steps=steps)
+
+
 def device_info() -> dict[str, Any]:
   d = jax.devices()[0]
   info = {"device": getattr(d, "device_kind", d.platform), "platform": d.platform, "jax": jax.__version__,
@@ -338,11 +349,14 @@ def _fill(key, shape, dtype, kind):
 def benchmark(cfg: ModelConfig, scheme_names: list[str], batches: list[int], prompt_lens: list[int],
               decode_len: int, *, ppl_batches: Sequence[int] = (), ppl_ctx: int = 512, ppl_tokens=None,
               capacity: int = DEFAULT_CAPACITY, impl: str = "auto", reps: int = 3, workers: int = 8,
-              loaded=None, log=print, on_record=None, tp: int = 1) -> list[dict]:
+              loaded=None, log=print, on_record=None, tp: int = 1, profile_dir=None) -> list[dict]:
   """Runs every scheme x batch x prompt length (decode + prefill) and every scheme x ppl batch and
   returns one record per configuration. `loaded` (a runtime.LoadedModel) replaces the random
   weights and the plan by a checkpoint's own (scheme_names then names its one scheme; with tp > 1
-  it must already be sharded, runtime.load(tp=...)). tp > 1 shards over that many devices."""
+  it must already be sharded, runtime.load(tp=...)). tp > 1 shards over that many devices.
+  profile_dir: after timing, one more decode call per configuration runs under jax.profiler.trace
+  into profile_dir/{scheme}_B{b}_P{p}, and its per-kernel table (trace_summary) is logged and kept in
+  the record as "profile"."""
   impl = runtime.resolve_impl(impl)
   limit = _mem_stats().get("bytes_limit")
   mesh = None
@@ -441,6 +455,8 @@ def benchmark(cfg: ModelConfig, scheme_names: list[str], batches: list[int], pro
             out.block_until_ready()
 
           t_dec = time_median(run_decode, reps)
+          if profile_dir:
+            rec["profile"] = profile_decode(run_decode, pathlib.Path(profile_dir) / f"{s}_B{b}_P{p}", decode_len, log)
           del state, cache, first
         except Exception as e:  # noqa: BLE001 -- e.g. out of memory: record and go on
           rec["status"] = f"failed: {type(e).__name__}: {str(e)[:200]}"
@@ -708,6 +724,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   ap.add_argument("--peer-compile", action="store_true", help="let transformers torch.compile the peer's decode")
   ap.add_argument("--json", metavar="OUT", help="write the records (one per scheme x batch x prompt) here")
   ap.add_argument("--plots", metavar="DIR", help="write PNG plots here (needs matplotlib)")
+  ap.add_argument("--profile", metavar="DIR",
+                  help="after timing, trace one more decode call per configuration with jax.profiler into "
+                       "DIR/SCHEME_B{b}_P{p} (TensorBoard / Perfetto) and print its per-kernel table: device "
+                       "time per decode step by kernel name, and the idle time between kernels")
   ap.add_argument("--accuracy", action="append", default=[], metavar="SCHEME=PPL_JSON",
                   help="perplexity JSON of `python -m mixq_jax.eval.ppl --json` for a scheme, for the "
                        "perplexity-vs-speed plot (repeatable)")
@@ -771,7 +791,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
   records = benchmark(cfg, scheme_names, batches, prompt_lens, args.decode_len, ppl_batches=ppl_batches,
                       ppl_ctx=args.ppl_ctx, ppl_tokens=ids, capacity=args.capacity, impl=args.impl, reps=args.reps,
-                      workers=args.compile_workers, loaded=lm, log=log, on_record=on_record, tp=args.tp)
+                      workers=args.compile_workers, loaded=lm, log=log, on_record=on_record, tp=args.tp,
+                      profile_dir=args.profile)
   records = records + peer_records
   add_ratios(records)
   add_peer_ratios(records)

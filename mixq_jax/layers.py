@@ -66,6 +66,13 @@ def _kernels(impl: str):
 
 COLS = schemes.OUTLIER_COLS
 
+# Sites with at most this many tokens (decode) quantize with the jnp reference even when
+# impl="pallas": XLA fuses it into the RMSNorm / residual add that produce x, where the Pallas
+# kernel is one more launch and one more round trip of x per site. On an H100 the llama-2-7b preset
+# decoded w8a8 at batch 1 1.26x bf16 with the kernel and 1.76x with plain XLA (BENCHMARKS.md, issue 6).
+# The two agree to 1 LSB of x_q on rare ties (tests/pallas_kernels/test_quantize_act.py).
+FUSED_QUANT_MAX_M = 64
+
 
 def outlier_weight_columns(params: dict[str, Array], idx: Array, count: Array, calib_count: Array) -> Array:
   """16-bit weight columns [N, C] for the outlier set idx [C] (count valid): stored 16-bit columns
@@ -251,7 +258,9 @@ class ActQuant(nn.Module):
     x2 = _pad_to(x2, 1, kp)
     quant_act = _kernels(self.impl)[0]
     kw = {} if self.impl == "xla" else {"interpret": self.impl == "interpret"}
-    if self.mesh is not None and self.impl != "xla" and self.mesh.size > 1:
+    if self.impl == "pallas" and b * t <= FUSED_QUANT_MAX_M:
+      quant_act = pk.quantize_act_reference  # plain jnp: the SPMD partitioner handles it under tp too
+    elif self.mesh is not None and self.impl != "xla" and self.mesh.size > 1:
       quant_act = _replicated_call(quant_act, self.mesh)
     if kind == "int8":
       # SmoothQuant's x / s is fused into the quantization (float32, no rounded intermediate).

@@ -44,13 +44,16 @@ def default_config(kernel: str, m: int) -> KernelConfig:
   mb = m_bucket(m)
   if mb <= 16:  # decode: weight bytes dominate; narrow N tiles so every SM streams weights
     if kernel == "w4a16":
-      # block_k 1024 (16 KB of int4 weights per step) + split-K 2, with the per-group row sums from
-      # XLA: 54.7 us, 1.19x bf16 at 70B q_o (H100, 2026-12-05); block_k 256 with in-kernel row sums
+      # 64 x 512 tiles, 3 stages, split-K 2, with the per-group row sums from XLA: 41.7 us, 1.42x
+      # bf16 at 70B q_o; in the same run 32 x 1024 split-K 2 gave 1.13x and 32 x 512 1.25x
+      # (H100, 2026-12-05, bench/h100_2026-12-05b/g4_m16.json); block_k 256 with in-kernel row sums
       # was 0.76x.
-      return KernelConfig(block_m=16, block_n=32, block_k=1024, num_warps=4, num_stages=3, split_k=2)
-    # block_k 256 / 4 stages: w4a8 ran 34.0 us (1.81x) at 70B q_o, block_k 1024 / 3 stages 36.6 us
-    # (1.63x) (H100, 2026-11-25 and 2026-12-05); mx at block_k 1024 unrolls 32 scale blocks per step
-    # and its benchmark row ran past 45 s on the GPU.
+      return KernelConfig(block_m=16, block_n=64, block_k=512, num_warps=4, num_stages=3, split_k=2)
+    if kernel == "w4a8g":  # 45.1 us (1.32x) at 70B q_o against 51.2 us (1.16x) at block_k 256 (same run)
+      return KernelConfig(block_m=16, block_n=32, block_k=1024, num_warps=4, num_stages=3)
+    # block_k 256 / 4 stages: w4a8 ran 33.8 us (1.76x) at 70B q_o, block_k 1024 / 3 stages 34.7 us
+    # (1.71x) (H100, 2026-12-05, bench/h100_2026-12-05b/g4_m16.json); mx at block_k 1024 unrolls 32
+    # scale blocks per step, compiled for 113 s and ran 0.38x against 0.49x at block_k 256.
     return KernelConfig(block_m=16, block_n=32, block_k=256, num_warps=4, num_stages=4)
   if mb <= 64:  # mx unrolls block_k / 128 pack blocks per step: at 512 it spilled 544 B per thread
     return KernelConfig(block_m=mb, block_n=64, block_k=256 if kernel == "mx" else 512, num_warps=4, num_stages=3)
