@@ -43,6 +43,21 @@ AMAX_FLOOR = 1e-5  # keeps 127/amax finite for an all-zero (or all-outlier) row
 MAX_UNROLL = 16    # K chunks kept in registers; beyond this, two passes (compile time, registers)
 
 
+def k_chunks(k: int, block_k: int) -> tuple[tuple[int, int], ...] | None:
+  """(start, size) chunks of power-of-two sizes <= block_k that tile [0, K), largest first, for the
+  unrolled single-pass kernel; None when that needs more than MAX_UNROLL chunks (two-pass loop).
+
+  Sizes need not divide K: K = 11008 (Llama-2-7B's MLP) = 5 x 2048 + 512 + 256 is 7 chunks, where
+  equal chunks (256, the largest power of two dividing it) are 43 and took the two-pass loop, which
+  ran 23.5 us at M = 1 against 3.2 us for K = 4096 (H100, bench/h100_2026-12-05b/g8_dec.json)."""
+  chunks, start = [], 0
+  while start < k:
+    size = min(block_k, 1 << ((k - start).bit_length() - 1))
+    chunks.append((start, size))
+    start += size
+  return tuple(chunks) if len(chunks) <= MAX_UNROLL else None
+
+
 class QuantizedActivations(NamedTuple):
   x_q: jax.Array          # [M, K] int8, outlier columns zero
   s_x: jax.Array          # [M] float32 per-token scale
@@ -73,18 +88,19 @@ def _quantize_kernel(
     s_ref,     # [bm] float32
     xo_ref,    # [bm, C] 16-bit, or None
     cm_ref,    # [K] int8 column flags of this row block, or None
-    *, m, bm, k, bk, eps, threshold,
+    *, m, bm, k, bk, chunks, eps, threshold,
 ):
-  # For nk <= MAX_UNROLL chunks the K loop is unrolled in Python: every chunk's load is issued up
-  # front and the row block stays in registers between the statistics and the quantization, so x
-  # is read once. Longer rows use two fori_loops; the second re-reads the row block from L2.
+  # With `chunks` ((start, size) pairs, at most MAX_UNROLL) the K loop is unrolled in Python: every
+  # chunk's load is issued up front and the row block stays in registers between the statistics and
+  # the quantization, so x is read once. Otherwise two fori_loops over k // bk chunks of bk; the
+  # second re-reads the row block from L2.
   nk = k // bk
   ragged = m % bm != 0
   rows = pl.program_id(0) * bm + jnp.arange(bm)
   rmask = (rows < m)[:, None] if ragged else None  # [bm, 1]
 
-  def load(i):  # -> x * norm_weight [bm, bk] float32, outlier flags [bk], x**2 [bm, bk] or None
-    cols = pl.ds(i * bk, bk)
+  def load(start, size):  # -> x * norm_weight [bm, size] f32, outlier flags [size], x**2 [bm, size] or None
+    cols = pl.ds(start, size)
     if ragged:
       x = plgpu.load(x_ref.at[:, cols], mask=rmask, other=0)
     else:
@@ -105,8 +121,8 @@ def _quantize_kernel(
     a = jnp.where(is_out[None, :], 0.0, jnp.abs(xw))
     return ss, jnp.maximum(amax, jnp.max(a, axis=1))
 
-  def quant(i, chunk, r, inv):
-    cols = pl.ds(i * bk, bk)
+  def quant(start, size, chunk, r, inv):
+    cols = pl.ds(start, size)
     xw, is_out, _ = chunk
     xn = xw * r[:, None] if r is not None else xw
     is_out = is_out[None, :]  # [1, bk]
@@ -123,14 +139,14 @@ def _quantize_kernel(
       cm_ref[cols] = jnp.max(hit.astype(jnp.int32), axis=0).astype(jnp.int8)
 
   zero = jnp.zeros((bm,), jnp.float32)
-  unroll = nk <= MAX_UNROLL
+  unroll = chunks is not None
   if unroll:
-    chunks = [load(i) for i in range(nk)]
+    loaded = [load(start, size) for start, size in chunks]
     ss, amax = zero, zero
-    for chunk in chunks:
+    for chunk in loaded:
       ss, amax = stats(chunk, ss, amax)
   else:
-    ss, amax = jax.lax.fori_loop(0, nk, lambda i, c: stats(load(i), *c), (zero, zero))
+    ss, amax = jax.lax.fori_loop(0, nk, lambda i, c: stats(load(i * bk, bk), *c), (zero, zero))
   if nw_ref is not None:
     r = jax.lax.rsqrt(ss / k + eps)  # [bm]
     amax = amax * r
@@ -143,11 +159,11 @@ def _quantize_kernel(
   else:
     s_ref[...] = amax / 127.0
   if unroll:
-    for i, chunk in enumerate(chunks):
-      quant(i, chunk, r, inv)
+    for (start, size), chunk in zip(chunks, loaded):
+      quant(start, size, chunk, r, inv)
   else:
     def body(i, carry):
-      quant(i, load(i), r, inv)
+      quant(i * bk, bk, load(i * bk, bk), r, inv)
       return carry
     jax.lax.fori_loop(0, nk, body, 0)
 
@@ -224,9 +240,10 @@ def quantize_act(
   cfg = config or select_config("quantize_act", m, 0, k)
   bm = min(cfg.block_m, _shapes.next_pow2(m))
   bk = _shapes.pow2_divisor(k, cfg.block_k)
+  chunks = k_chunks(k, cfg.block_k)
   # The row block (unrolled path) or chunk (loop path) lives in registers: keep it to <= ~64
   # float32 values per thread.
-  held = bm * (k if k // bk <= MAX_UNROLL else bk)
+  held = bm * (k if chunks is not None else bk)
   num_warps = max(cfg.num_warps, min(16, _shapes.next_pow2(-(-held // (32 * 64)))))
   nb = pl.cdiv(m, bm)
   count = jnp.reshape(outlier_count, (1,)).astype(jnp.int32)
@@ -272,7 +289,7 @@ def quantize_act(
     xo_ref = refs.pop(0) if has_c else None
     cm_ref = refs.pop(0) if detect_columns else None
     _quantize_kernel(x_ref, om_ref, nw_ref, cs_ref, idx_ref, cnt_ref, q_ref, s_ref, xo_ref, cm_ref,
-                     m=m, bm=bm, k=k, bk=bk, eps=eps, threshold=threshold)
+                     m=m, bm=bm, k=k, bk=bk, chunks=chunks, eps=eps, threshold=threshold)
 
   outs = pl.pallas_call(
       kernel,

@@ -5,6 +5,7 @@ import pytest
 
 from mixq_jax.pallas_kernels import (KernelConfig, outlier_flag, outlier_mask_from_idx,
                                      quantize_act, quantize_act_reference)
+from mixq_jax.pallas_kernels.quantize_act import MAX_UNROLL, k_chunks
 from kernel_testutil import INTERPRET, keys
 
 SMALL = KernelConfig(block_m=4, block_k=32, num_warps=4, num_stages=1)
@@ -127,3 +128,26 @@ def test_errors():
     quantize_act(x, jnp.zeros((4,), jnp.int32), jnp.int32(0))
   with pytest.raises(ValueError, match="outlier_idx"):
     quantize_act(jnp.ones((4, 32), jnp.bfloat16), jnp.zeros((4,), jnp.float32), jnp.int32(0))
+
+
+@pytest.mark.parametrize("k", [16, 80, 576, 688, 4096, 11008, 13824, 28672])
+@pytest.mark.parametrize("block_k", [32, 512, 2048])
+def test_k_chunks_tile_k_with_powers_of_two(k, block_k):
+  chunks = k_chunks(k, block_k)
+  if chunks is None:  # the two-pass loop: only when the unrolled split would exceed MAX_UNROLL chunks
+    assert k // block_k + bin(k % block_k).count("1") > MAX_UNROLL
+    return
+  assert len(chunks) <= MAX_UNROLL and chunks[0][0] == 0 and sum(s for _, s in chunks) == k
+  for (a, sa), (b, _) in zip(chunks, chunks[1:]):
+    assert a + sa == b
+  assert all(s <= block_k and s & (s - 1) == 0 and a % s == 0 for a, s in chunks)
+
+
+@pytest.mark.parametrize("block_k", [128, 32])  # 688 = 5 x 128 + 32 + 16 (unrolled); 22 chunks of 32 (loop)
+@pytest.mark.parametrize("m", [1, 5])
+def test_quantize_act_k_not_a_multiple_of_block_k(block_k, m):
+  x, idx, cnt, nw = _inputs(m, 688, 8, 6)
+  cfg = KernelConfig(block_m=4, block_k=block_k, num_warps=4, num_stages=1)
+  assert (k_chunks(688, block_k) is None) == (block_k == 32)
+  got = quantize_act(x, idx, cnt, nw, detect_columns=True, interpret=INTERPRET, config=cfg)
+  _compare(got, quantize_act_reference(x, idx, cnt, nw, detect_columns=True))
