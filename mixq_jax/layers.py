@@ -73,6 +73,13 @@ COLS = schemes.OUTLIER_COLS
 # The two agree to 1 LSB of x_q on rare ties (tests/pallas_kernels/test_quantize_act.py).
 FUSED_QUANT_MAX_M = 64
 
+# Products with at most this many tokens run the plain-jnp path even when impl="pallas": at M = 1
+# XLA turns the int8 product and its epilogue into one fused matrix-vector kernel. Same H100 session,
+# llama-2-7b preset, batch-1 decode x bf16: w8a8 1.76x on XLA against 1.53x with the Pallas kernels,
+# mix8 1.38x against 1.26x, w8a16 1.82x against 1.67x; at batch 16 the Pallas kernels win (w8a8
+# 1.33x against 1.26x, mix8 1.13x against 0.96x). BENCHMARKS.md, issue 6.
+XLA_MATMUL_MAX_M = 1
+
 
 def outlier_weight_columns(params: dict[str, Array], idx: Array, count: Array, calib_count: Array) -> Array:
   """16-bit weight columns [N, C] for the outlier set idx [C] (count valid): stored 16-bit columns
@@ -147,6 +154,8 @@ def qmatmul(qa: QAct, params: dict[str, Array], lq: LayerQuant, *, impl: str = "
     if params.get("bias") is not None:
       y = y + params["bias"].astype(jnp.float32)
     return y.astype(out_dtype)
+  if impl == "pallas" and qa.x.shape[0] <= XLA_MATMUL_MAX_M:
+    impl = "xla"
   if mesh is not None and impl != "xla" and mesh.size > 1:
     return _sharded_qmatmul(qa, params, lq, impl, mesh, role)
   return _local_qmatmul(qa, params, lq, impl)

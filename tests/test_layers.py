@@ -1,5 +1,6 @@
 """mixq_jax.layers: how an activation site picks its quantizer."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,3 +40,30 @@ def test_fused_quantization_matches_the_kernel():
   diff = np.abs(np.asarray(got["pallas"].x_q, np.int32) - np.asarray(got["interpret"].x_q, np.int32))
   assert diff.max() <= 1 and (diff > 0).mean() < 1e-2
   np.testing.assert_allclose(np.asarray(got["pallas"].s_x), np.asarray(got["interpret"].s_x), rtol=1e-5)
+
+
+class _Site(nn.Module):
+  lq: LayerQuant
+  impl: str
+
+  @nn.compact
+  def __call__(self, x):  # x [M, K]
+    qa = layers.ActQuant(self.lq, self.impl, name="site")(x[None], jnp.ones((1, x.shape[0]), bool))
+    return layers.QuantDense(x.shape[1], 32, False, jnp.bfloat16, self.impl, self.lq, name="dense")(qa)
+
+
+@pytest.mark.parametrize("scheme", ["w8a16", "w8a8", "llm_int8", "mix8"])
+def test_single_token_layers_run_the_xla_program(scheme):
+  """At M <= XLA_MATMUL_MAX_M a Pallas-impl layer is the XLA-impl program exactly (the batch-1
+  decode measured with --impl xla); above FUSED_QUANT_MAX_M it calls the Pallas kernels."""
+  lq = LayerQuant(scheme=scheme, capacity=8) if scheme in ("llm_int8", "mix8") else LayerQuant(scheme=scheme)
+
+  def program(impl, m):
+    x = jax.random.normal(jax.random.key(2), (m, 64), jnp.bfloat16)
+    site = _Site(lq, impl)
+    variables = site.init(jax.random.key(0), x[:1])  # init at M = 1 stays off the Pallas kernels
+    return str(jax.make_jaxpr(site.apply)(variables, x))
+
+  m = layers.XLA_MATMUL_MAX_M
+  assert program("pallas", m) == program("xla", m)
+  assert "pallas_call" in program("pallas", layers.FUSED_QUANT_MAX_M + 1)
