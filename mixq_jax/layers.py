@@ -5,7 +5,9 @@ activation (q/k/v, gate/up, o, down, the head) has one `ActQuant` site in front 
 the activation into what the group's scheme needs (nothing, per-token int8, int8 + outlier split)
 exactly once. Weights keep the HF orientation W [N, K] (K-major, what the int8 tensor-core kernels
 want). `qmatmul` is the single dispatch point: impl="pallas" runs the Pallas kernels, "interpret"
-runs them in Pallas interpret mode, "xla" runs their plain-jnp references (same function).
+runs them in Pallas interpret mode, "xla" runs their plain-jnp references (same function). Where
+XLA measured faster, impl="pallas" takes the jnp path too: products of one token
+(XLA_MATMUL_MAX_M) and activation quantization of up to 64 tokens (FUSED_QUANT_MAX_M).
 
 Shape letters: M = B*T tokens, K inputs, N outputs, C outlier capacity.
 """
