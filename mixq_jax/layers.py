@@ -70,8 +70,9 @@ COLS = schemes.OUTLIER_COLS
 
 # Sites with at most this many tokens (decode) quantize with the jnp reference even when
 # impl="pallas": XLA fuses it into the RMSNorm / residual add that produce x, where the Pallas
-# kernel is one more launch and one more round trip of x per site. On an H100 the llama-2-7b preset
-# decoded w8a8 at batch 1 1.26x bf16 with the kernel and 1.76x with plain XLA (BENCHMARKS.md, issue 6).
+# kernel is one more launch and one more round trip of x per site. A/B in one H100 run, llama-2-7b
+# preset, decode tok/s kernel -> jnp quantizer: w8a8 200.8 -> 245.4 at batch 1, 2734 -> 3142 at 16;
+# mix8 179.3 -> 202.2 and 2479 -> 2680; no gain at batch 256 (BENCHMARKS.md, issue 6).
 # The two agree to 1 LSB of x_q on rare ties (tests/pallas_kernels/test_quantize_act.py).
 FUSED_QUANT_MAX_M = 64
 

@@ -125,7 +125,7 @@ def _quantize_kernel(
     cols = pl.ds(start, size)
     xw, is_out, _ = chunk
     xn = xw * r[:, None] if r is not None else xw
-    is_out = is_out[None, :]  # [1, bk]
+    is_out = is_out[None, :]  # [1, size]
     q = jnp.clip(jnp.floor(xn * inv[:, None] + 0.5), -127.0, 127.0)
     q = jnp.where(is_out, 0.0, q).astype(jnp.int8)
     if ragged:
