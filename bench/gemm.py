@@ -147,6 +147,9 @@ def _normal(key, m, k):
   return jax.random.normal(key, (m, k), jnp.bfloat16)
 
 
+QA_KINDS = ("quantize_act", "quantize_act_xla")
+
+
 def make_sets(kind, m, n, k, r):
   sets = []
   for i in range(r):
@@ -161,7 +164,7 @@ def make_sets(kind, m, n, k, r):
                    _normal(ks[4], m, idx_c), _normal(ks[5], n, idx_c), jnp.int32(idx_c)))
     elif kind == "w8a16":
       sets.append((_normal(ks[0], m, k), _int8(ks[2], n, k), _scale(ks[3], n)))
-    elif kind == "quantize_act":
+    elif kind in QA_KINDS:
       idx = jax.random.permutation(ks[1], k)[:N_OUTLIERS].astype(jnp.int32)
       sets.append((_normal(ks[0], m, k), idx, jnp.int32(N_OUTLIERS),
                    pk.outlier_mask_from_idx(idx, N_OUTLIERS, k)))
@@ -174,12 +177,12 @@ def set_bytes(kind, m, n, k):
   kind = kind.removesuffix("_triton")
   return {"bf16": 2 * (m * k + n * k), "w8a8": m * k + n * k, "xla_int8": m * k + n * k,
           "w8a8o16": m * k + n * k + 2 * N_OUTLIERS * (m + n), "w8a16": 2 * m * k + n * k,
-          "quantize_act": 2 * m * k}[kind]
+          "quantize_act": 2 * m * k, "quantize_act_xla": 2 * m * k}[kind]
 
 
 def moved_bytes(kind, m, n, k):
   """Fewest bytes through device memory for one call (inputs once, outputs once)."""
-  if kind == "quantize_act":
+  if kind in QA_KINDS:
     return 2 * m * k + m * k + 4 * m + 2 * m * N_OUTLIERS
   return set_bytes(kind, m, n, k) + 2 * m * n
 
@@ -211,6 +214,9 @@ def kernel_fn(kind, config):
     f = lambda x, i, c, om: pk.quantize_act(x, i, c, outlier_mask=om, **config)[:3]
     ref = lambda x, i, c, om: pk.quantize_act_reference(x, i, c)[:3]
     return f, ref
+  if kind == "quantize_act_xla":  # XLA's fusion of the reference (what the layers run for <= 64 tokens)
+    ref = lambda x, i, c, om: pk.quantize_act_reference(x, i, c)[:3]
+    return ref, ref
   if kind == "xla_int8":
     return xla_int8, xla_int8
   if kind == "bf16":
@@ -220,7 +226,7 @@ def kernel_fn(kind, config):
 
 def check(kind, fn, ref, args):
   y, r = fn(*args), ref(*args)
-  if kind == "quantize_act":  # x_q may differ by one step (1/127) at rounding ties
+  if kind in QA_KINDS:  # x_q may differ by one step (1/127) at rounding ties
     return max(max_rel_err(y[0], r[0]), max_rel_err(y[1], r[1]))
   return max_rel_err(y, r)
 
@@ -309,9 +315,10 @@ def bench(args):
   if not INTERPRET and not os.environ.get("GEMM_BENCH_SKIP_CHECK"):
     harness_check()
   for (label, (n, k)), m in itertools.product(shapes, args.ms):
-    if kinds == ["quantize_act"] and (m, k) in done_q:
+    qa_only = all(kd in QA_KINDS for kd in kinds)
+    if qa_only and all((kd, m, k) in done_q for kd in kinds):
       continue
-    if kinds == ["quantize_act"]:  # bandwidth is its measure; skip the GEMM baseline
+    if qa_only:  # bandwidth is its measure; skip the GEMM baseline
       t_bf16, e_bf16 = float("nan"), 0.0
     else:
       t_bf16, e_bf16, _ = run_one("bf16", m, n, k)
@@ -319,10 +326,10 @@ def bench(args):
                         bf16_time_us=t_bf16 * 1e6, speedup=1.0, max_rel_err=e_bf16, config=None))
     row = {"shape": label, "M": m, "N": n, "K": k, "bf16": t_bf16 * 1e6}
     for kind in kinds:
-      if kind == "quantize_act":
-        if (m, k) in done_q:
+      if kind in QA_KINDS:
+        if (kind, m, k) in done_q:
           continue
-        done_q.add((m, k))
+        done_q.add((kind, m, k))
       try:
         t0 = time.perf_counter()
         t, err, cfg = run_one(kind, m, n, k)
@@ -332,7 +339,7 @@ def bench(args):
         continue
       rec = dict(kernel=kind, M=m, N=n, K=k, shape=label, time_us=t * 1e6,
                  bf16_time_us=t_bf16 * 1e6, speedup=t_bf16 / t, max_rel_err=err, config=cfg)
-      if kind == "quantize_act":
+      if kind in QA_KINDS:
         rec["gbps"] = moved_bytes(kind, m, n, k) / t / 1e9
         rec["frac_copy_bw"] = moved_bytes(kind, m, n, k) / t / bw
         rec["N"] = 0
@@ -491,7 +498,8 @@ def main():
   p.add_argument("--ms", default=",".join(map(str, MS)), help="comma list of token counts M")
   p.add_argument("--kernels", default="w8a8,w8a8o16,w8a16,xla_int8,quantize_act",
                  help="comma list: w8a8, w8a8o16 (Mosaic GPU on sm_90 from M=1024), w8a8_triton, w8a8o16_triton "
-                      "(Triton always), w8a16, xla_int8, quantize_act")
+                      "(Triton always), w8a16, xla_int8, quantize_act, quantize_act_xla (XLA's fusion of "
+                      "quantize_act_reference, the bandwidth baseline for the kernel)")
   p.add_argument("--json", default=None, help="write records here")
   p.add_argument("--tune-shapes", default=None, help="NxK,NxK,... shapes to tune on")
   args = p.parse_args()

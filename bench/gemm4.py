@@ -5,7 +5,8 @@
 Kernels: w4a16 (AWQ g128), w4a8 (QQQ per-channel), w4a8g (QQQ g128), w4a4o16 (MixQ-4, 128
 outlier columns), w4a4o16q (QUIK asymmetric activations, 128 outliers), mx (MXFP8 x MXFP4),
 mxmix (MXFP8 x MXFP4, the last ~K/16 channels, a multiple of 128, MXFP6), mxfp8 (mx on its FP8
-tensor-core path, `use_fp8=True`; needs compute capability >= 8.9). Timing, input-set
+tensor-core path, `use_fp8=True`; needs compute capability >= 8.9); xla_w4a16, xla_w4a8, xla_w4a8g,
+xla_mx, xla_mxmix (XLA's own GEMM on the same packed weights, `pallas_kernels/xla_matmuls.py`). Timing, input-set
 rotation and the ratio to XLA bf16 measured in the same run are bench/gemm.py's (`time_call`,
 `n_sets`); every output is checked against its reference on the first input set. Inputs are random on the device
 (random bytes are valid packed int4 and E2M1 codes). Activation quantization is not timed
@@ -29,12 +30,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from mixq_jax import pallas_kernels as pk  # noqa: E402
-from mixq_jax.pallas_kernels import configs  # noqa: E402
+from mixq_jax.pallas_kernels import configs, xla_matmuls  # noqa: E402
 from mixq_jax.pallas_kernels._w4_common import select_config  # noqa: E402
 from mixq_jax.pallas_kernels.configs import KernelConfig  # noqa: E402
 from mixq_jax.pallas_kernels.mx import MXWeights  # noqa: E402
 
 KINDS = ("w4a16", "w4a8", "w4a8g", "w4a4o16", "w4a4o16q", "mx", "mxmix", "mxfp8")
+# XLA's own program on the same packed weights (pallas_kernels/xla_matmuls.py): no config, same inputs.
+XLA_KINDS = ("xla_w4a16", "xla_w4a8", "xla_w4a8g", "xla_mx", "xla_mxmix")
 C = gemm.N_OUTLIERS
 
 
@@ -49,6 +52,7 @@ def _e8m0(key, r, c, lo=122):
 
 
 def make_set(kind, m, n, k, i):
+  kind = kind.removeprefix("xla_").removesuffix("_triton")
   ks = jax.random.split(gemm._key(kind, m, n, k, i), 8)
   g = k // 128
   if kind == "w4a16":
@@ -81,6 +85,7 @@ def make_set(kind, m, n, k, i):
 
 
 def set_bytes(kind, m, n, k):
+  kind = kind.removeprefix("xla_").removesuffix("_triton")
   return {"w4a16": 2 * m * k + n * k // 2 + 4 * n * k // 128,
           "w4a8": m * k + n * k // 2, "w4a8g": m * k + n * k // 2 + n * k // 128,
           "w4a4o16": (m + n) * k // 2 + 2 * C * (m + n),
@@ -92,6 +97,15 @@ def set_bytes(kind, m, n, k):
 
 def kernel_fn(kind):
   kw = dict(interpret=True) if gemm.INTERPRET else {}
+  if kind == "xla_w4a16":
+    return xla_matmuls.w4a16_matmul_xla, pk.w4a16_matmul_reference
+  if kind == "xla_w4a8":
+    return xla_matmuls.w4a8_matmul_xla, pk.w4a8_matmul_reference
+  if kind == "xla_w4a8g":
+    return (lambda x, sx, w, sw, sg: xla_matmuls.w4a8_matmul_xla(x, sx, w, sw, None, sg),
+            lambda x, sx, w, sw, sg: pk.w4a8_matmul_reference(x, sx, w, sw, None, sg))
+  if kind in ("xla_mx", "xla_mxmix"):
+    return xla_matmuls.mx_matmul_xla, pk.mx_matmul_reference
   fns = {
       "w4a16": (pk.w4a16_matmul, pk.w4a16_matmul_reference),
       "w4a8": (pk.w4a8_matmul, pk.w4a8_matmul_reference),
@@ -115,8 +129,13 @@ def kernel_fn(kind):
 
 
 def run_one(kind, m, n, k, samples, config=None):
+  if kind.endswith("_triton"):  # an explicit config keeps the Pallas Triton kernel on sm_90
+    kind = kind.removesuffix("_triton")
+    config = config or pk_select(kind, m, n, k)
   fn, ref = kernel_fn(kind)
   if config is not None:
+    if kind in XLA_KINDS:
+      raise ValueError(f"{kind} is XLA's program: it takes no config")
     fn = functools.partial(fn, config=config)
   sb = set_bytes(kind, m, n, k)
   t_est = gemm.est_seconds(m, n, k, sb + 2 * m * n)
@@ -143,7 +162,9 @@ def main():
   p.add_argument("--models", default="7b,70b", help="comma list of model shape sets from bench/gemm.py (7b, 70b, extra, tiny)")
   p.add_argument("--shapes", default=None, help="comma list of shape names to keep (e.g. qkvo,q_o)")
   p.add_argument("--ms", default="1,16,1024,4096", help="comma list of token counts M")
-  p.add_argument("--kernels", default=",".join(KINDS), help="comma list of " + ",".join(KINDS))
+  p.add_argument("--kernels", default=",".join(KINDS), help="comma list of " + ",".join(KINDS + XLA_KINDS)
+                 + "; KIND_triton forces the Pallas Triton kernel (the plain name goes through the wrapper's "
+                 "dispatch, which on sm_90 may run XLA's program or the Mosaic GPU kernels)")
   p.add_argument("--samples", type=int, default=25, help="timed samples per kernel (median kept; default 25)")
   p.add_argument("--configs", default=None, metavar="BM,BN,BK,W,S[,SPLIT];...",
                  help="also time every kernel with each of these configs (block_m, block_n, block_k, warps, "
@@ -165,7 +186,7 @@ def main():
     row = {"shape": label, "M": m, "N": n, "K": k, "bf16": t_bf16 * 1e6}
     print(f"{label} M={m}: bf16 {t_bf16 * 1e6:.1f} us", flush=True)
     for kind in kinds:
-      for cfg in [None] + extra:
+      for cfg in [None] + (extra if kind not in XLA_KINDS else []):
         col = kind if cfg is None else f"{kind}@{_cfg_name(cfg)}"
         if cfg is not None:
           cfg = dataclasses.replace(cfg, block_m=min(cfg.block_m, max(16, configs.m_bucket(m))))
@@ -179,7 +200,7 @@ def main():
         row[col] = (t * 1e6, t_bf16 / t, err)
         records.append(dict(kernel=kind, M=m, N=n, K=k, shape=label, time_us=t * 1e6, bf16_time_us=t_bf16 * 1e6,
                             speedup=t_bf16 / t, max_rel_err=err,
-                            config=(cfg or pk_select(kind, m, n, k)).to_dict()))
+                            config=None if kind in XLA_KINDS else (cfg or pk_select(kind, m, n, k)).to_dict()))
         print(f"  {col}: {t * 1e6:.1f} us ({t_bf16 / t:.2f}x) err {err:.1e} [{time.perf_counter() - t0:.0f} s]",
               flush=True)
         if a.json:
@@ -196,6 +217,7 @@ def _cfg_name(c):
 
 def pk_select(kind, m, n, k):
   """The config the wrapper picks by itself (recorded with each default-config row)."""
+  kind = kind.removesuffix("_triton")
   base = {"w4a8g": "w4a8", "w4a4o16q": "w4a4o16", "mxmix": "mx", "mxfp8": "mx"}.get(kind, kind)
   return select_config(base, m, n, k)
 

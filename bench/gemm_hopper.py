@@ -26,6 +26,7 @@ CONFIGS = {
     "h128x128s4": HopperConfig(tile_m=128, tile_n=128, stages=4),
     "h128x128s3": HopperConfig(tile_m=128, tile_n=128, stages=3),
     "h128x64s5": HopperConfig(tile_m=128, tile_n=64, stages=5),
+    "h128x64s3": HopperConfig(tile_m=128, tile_n=64, stages=3),  # W8A8 at the W8A8O16 tiling and depth
     "h64x128s4": HopperConfig(tile_m=64, tile_n=128, stages=4),
     "h128x128w4": HopperConfig(tile_m=128, tile_n=128, stages=4, grid_tile_width=4),
     "h128x128w16": HopperConfig(tile_m=128, tile_n=128, stages=4, grid_tile_width=16),
@@ -33,6 +34,7 @@ CONFIGS = {
     "h128x64d1": HopperConfig(tile_m=128, tile_n=64, stages=5, delay_release=1),
     # W8A8O16 (128 outlier columns): 128 x 64 per warpgroup leaves room for the outlier tiles
     "o16_128x64": HopperConfig(tile_m=128, tile_n=64, stages=4),
+    "o16u_128x64": HopperConfig(tile_m=128, tile_n=64, stages=4, fold_outliers=False),  # second accumulator
     "o16_128x64d1": HopperConfig(tile_m=128, tile_n=64, stages=4, delay_release=1),
     "o16_64x128": HopperConfig(tile_m=64, tile_n=128, stages=4),
     # tile_k 64 halves the pipeline's shared memory: 128 x 128 tiles keep 4 stages next to the outlier tiles

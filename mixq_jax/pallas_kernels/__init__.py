@@ -65,8 +65,10 @@ from mixq_jax.pallas_kernels.w8a8_matmul_hopper import (  # noqa: E402
 
 __all__ += ["HopperConfig", "w8a8_matmul_hopper", "w8a8o16_matmul_hopper"]
 
-# 4-bit and microscaling family (issue 8); layouts in int4_pack.py and mx.py.
-from mixq_jax.pallas_kernels import int4_pack, mx  # noqa: E402
+# 4-bit and microscaling family (issue 8); layouts in int4_pack.py and mx.py. On sm_90 the wrappers
+# dispatch by M to XLA's own programs (xla_matmuls.py) or to the Mosaic GPU 8-bit kernels after an
+# int4 -> int8 unpack (w4_hopper.py), where those measured faster (BENCHMARKS.md).
+from mixq_jax.pallas_kernels import int4_pack, mx, xla_matmuls  # noqa: E402
 from mixq_jax.pallas_kernels.mx_matmul import mx_matmul, mx_matmul_reference  # noqa: E402
 from mixq_jax.pallas_kernels.w4a16_matmul import w4a16_matmul, w4a16_matmul_reference  # noqa: E402
 from mixq_jax.pallas_kernels.w4a4o16_matmul import (  # noqa: E402
@@ -77,6 +79,7 @@ from mixq_jax.pallas_kernels.w4a8_matmul import w4a8_matmul, w4a8_matmul_referen
 
 __all__ += [
     "int4_pack",
+    "xla_matmuls",
     "mx",
     "mx_matmul",
     "mx_matmul_reference",

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from mixq_jax.pallas_kernels import _shapes
+from mixq_jax.pallas_kernels import _shapes, w4_hopper, xla_matmuls
 from mixq_jax.pallas_kernels._triton import compiler_params
 from mixq_jax.pallas_kernels._w4_common import select_config
 from mixq_jax.pallas_kernels.configs import KernelConfig
@@ -56,6 +56,30 @@ def _fp4_values(c):
   return jnp.where((c & 8) != 0, -mag, mag)
 
 
+def _fp4_scaled_bf16(c, ws):
+  """E2M1 codes [bn, 32] (int8, [0, 15]) and E8M0 codes ws [bn, 1] -> value * 2^(ws - 127) as bf16,
+  built from integer bit operations alone (no float math, no conversions).
+
+  A nonzero magnitude code (e, m) = (c >> 1 & 3, c & 1) is (1 + m/2) 2^(e-1) for e >= 1 and 0.5 for
+  code 1, so the scaled value is the bf16 with exponent field e + ws - 1 and top mantissa bit m
+  (code 1: exponent field ws - 1, mantissa 0). Exact wherever that field is a normal exponent:
+  2 <= ws <= 252 (scales 2^-125 .. 2^125); blocks with ws < 2 (amax < 2^-122, never seen in bf16 weights of
+  practical size) decode to 0, as code 0 (2^-127) does on the float path.
+  """
+  c = c.astype(jnp.int32)
+  mag = c & 7
+  ws = ws.astype(jnp.int32)
+  bits = jnp.left_shift(mag, 6) + jnp.left_shift(ws - 1, 7)  # (e + ws - 1) << 7 | m << 6
+  bits = jnp.where(mag == 1, bits - 64, bits)
+  bits = jnp.where((mag == 0) | (ws < 2), 0, bits) | jnp.left_shift(c & 8, 12)
+  return jax.lax.bitcast_convert_type(bits.astype(jnp.int16), jnp.bfloat16)
+
+
+# How the bf16 path decodes E2M1 weights: "bits" (_fp4_scaled_bf16) or "float" (_fp4_values times
+# the scale in float32, the first version; kept for same-run A/B timing in bench/gemm4.py).
+FP4_DECODE = "bits"
+
+
 def _mx_kernel(x_ref, xs_ref, w4_ref, s4_ref, w6_ref, s6_ref, o_ref, *, nb4, nb6, k4p, u,
                use_fp8):
   # x_ref [bm, Kt] f8; xs_ref [bm, Kt/32] u8; w4_ref [bn, K4p/2] u8; s4_ref [bn, K4p/32] u8;
@@ -67,9 +91,9 @@ def _mx_kernel(x_ref, xs_ref, w4_ref, s4_ref, w6_ref, s6_ref, o_ref, *, nb4, nb6
   def load_rows(ref, cols):
     return ref[:, cols]
 
-  def step(acc, xcol, xblk, wv, ws):
+  def step(acc, xcol, xblk, wv, ws, scaled=False):
     """One 32-wide K step: x columns [xcol, xcol + 32) (scale block xblk) against weight values
-    wv [bn, 32] (float32 or f8) with E8M0 codes ws [bn, 1]."""
+    wv [bn, 32] (float32, bf16 or f8) with E8M0 codes ws [bn, 1] (already applied if `scaled`)."""
     xe = load_rows(x_ref, pl.ds(xcol, BLOCK))            # [bm, 32] f8
     sx = _pow2(load_rows(xs_ref, pl.ds(xblk, 1)))        # [bm, 1]
     if use_fp8:
@@ -79,7 +103,7 @@ def _mx_kernel(x_ref, xs_ref, w4_ref, s4_ref, w6_ref, s6_ref, o_ref, *, nb4, nb6
       return acc + d * sx * sw
     # Both block scales go on the operands (exact in bf16), so the MMA accumulates in place.
     xb = (xe.astype(jnp.float32) * sx).astype(jnp.bfloat16)                  # [bm, 32]
-    wb = (wv.astype(jnp.float32) * _pow2(ws)).astype(jnp.bfloat16)          # [bn, 32]
+    wb = wv if scaled else (wv.astype(jnp.float32) * _pow2(ws)).astype(jnp.bfloat16)
     return acc + jax.lax.dot_general(xb, wb, _NT, preferred_element_type=jnp.float32)
 
   def fp4_block(b, acc):  # 128 columns: bytes [64b, 64b+32) and [64b+32, 64b+64)
@@ -87,7 +111,10 @@ def _mx_kernel(x_ref, xs_ref, w4_ref, s4_ref, w6_ref, s6_ref, o_ref, *, nb4, nb6
       lo, hi = unpack_halves(w4_ref[:, pl.ds(b * HALF + half * BLOCK, BLOCK)])  # [bn, 32] each
       for sub, codes in ((half, lo), (2 + half, hi)):  # lo: k = 32 half + j; hi: k = 64 + ...
         j = 4 * b + sub  # 32-block index within the MXFP4 part
-        acc = step(acc, j * BLOCK, j, _fp4_values(codes), s4_ref[:, pl.ds(j, 1)])
+        ws = s4_ref[:, pl.ds(j, 1)]
+        bits = FP4_DECODE == "bits" and not use_fp8
+        wv = _fp4_scaled_bf16(codes, ws) if bits else _fp4_values(codes)
+        acc = step(acc, j * BLOCK, j, wv, ws, scaled=bits)
     return acc
 
   def fp6_block(j, acc):
@@ -146,6 +173,13 @@ def _check(x_e, x_s, w: MXWeights):
 
 _STATIC = ("out_dtype", "use_fp8", "interpret", "config")
 
+# On sm_90 (no explicit config or path), products of at least this many tokens run XLA's program:
+# E2M1 / E8M0 decoded to bf16 by XLA, then its bf16 GEMM (xla_matmuls.mx_matmul_xla). Measured on an
+# H100 on 8192 x 8192 (BENCHMARKS.md, issue 8): 0.31x bf16 at M = 256 and 0.80x at M = 4096, against
+# 0.25x and 0.20x for this kernel's bf16 path (0.15x for its FP8 path at 4096); at M = 16 and 64 this
+# kernel wins (0.59x / 0.49x against 0.31x / 0.34x).
+XLA_MIN_M = 256
+
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def mx_matmul(
@@ -160,6 +194,8 @@ def mx_matmul(
 ) -> jax.Array:  # [M, N] out_dtype
   """Pallas MXFP8 x MXFP4(/MXFP6) GEMM with E8M0 block scales applied per 32-wide K step."""
   m, n, k4p, k6p = _check(x_e, x_s, w)
+  if use_fp8 is None and m >= XLA_MIN_M and w4_hopper.on_hopper(interpret, config):
+    return xla_matmuls.mx_matmul_xla(x_e, x_s, w, out_dtype=out_dtype)
   use_fp8 = _default_use_fp8() if use_fp8 is None else use_fp8
   cfg = config or select_config("mx", m, n, k4p + k6p)
   bm = max(16, min(cfg.block_m, _shapes.next_pow2(m)))

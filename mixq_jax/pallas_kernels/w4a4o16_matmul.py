@@ -20,11 +20,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mixq_jax.pallas_kernels import _shapes
+from mixq_jax.pallas_kernels import _shapes, w4_hopper
 from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, w4_matmul
 from mixq_jax.pallas_kernels.configs import KernelConfig
 from mixq_jax.pallas_kernels.int4_pack import unpack_int4
-from mixq_jax.pallas_kernels.w8a8_matmul import _NT, _check_outliers
+from mixq_jax.pallas_kernels.w8a8_matmul import _NT, _check_outliers, hopper_config
 
 _STATIC = ("out_dtype", "interpret", "config")
 
@@ -69,9 +69,18 @@ def w4a4o16_matmul(
     interpret: bool = False,
     config: KernelConfig | None = None,
 ) -> jax.Array:  # [M, N] out_dtype
-  """Pallas W4A4 GEMM (int8 MMA on unpacked int4) with the fused 16-bit outlier product."""
-  m, n, _ = _check(x_q, s_x, w_q, s_w, m_x, wsum, bias)
+  """Pallas W4A4 GEMM (int8 MMA on unpacked int4) with the fused 16-bit outlier product.
+
+  On sm_90 (no explicit config), from M = 1024 both operands are unpacked to int8 for the Mosaic GPU
+  W8A8O16 kernel (w4_hopper.py)."""
+  m, n, kp = _check(x_q, s_x, w_q, s_w, m_x, wsum, bias)
   c = _check_outliers(x_o, w_o, outlier_count, m, n)
+  if w4_hopper.on_hopper(interpret, config):
+    hcfg = hopper_config(m, n, kp, interpret, config, outlier_columns=c, out_dtype=out_dtype,
+                         bias=bias is not None, rank1=m_x is not None)
+    if hcfg is not None and c > 0:
+      return w4_hopper.w4a4o16(x_q, s_x, w_q, s_w, x_o, w_o, outlier_count, bias, m_x, wsum,
+                               out_dtype=out_dtype, config=hcfg)
   plan = _Plan(xmode="packed", wmode="sym", has_sx=True, has_sw=True, has_zp=m_x is not None,
                has_bias=bias is not None, has_outliers=c > 0)
   return w4_matmul(x_q, w_q, plan=plan, kernel="w4a4o16", s_x=s_x, m_x=m_x, s_w=s_w, wsum=wsum,

@@ -17,13 +17,20 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mixq_jax.pallas_kernels import _shapes
+from mixq_jax.pallas_kernels import _shapes, w4_hopper, xla_matmuls
 from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, pad_x, w4_matmul
 from mixq_jax.pallas_kernels.configs import KernelConfig
 from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, unpack_int4
-from mixq_jax.pallas_kernels.w8a8_matmul import _NT
+from mixq_jax.pallas_kernels.w8a8_matmul import _NT, hopper_config
 
 _STATIC = ("out_dtype", "interpret", "config")
+
+# On sm_90 (without an explicit config), products of at most this many tokens run XLA's int8 dot
+# with the int4 -> int8 convert fused (xla_matmuls.w4a8_matmul_xla). Measured on an H100 at M = 1:
+# per-channel 2.13x bf16 on 8192 x 8192 and 1.73x on 4096 x 4096, against 1.68x / 1.38x for this
+# kernel; g128 1.28x / 1.35x against 1.27x / 0.92x. At M = 16 the kernel wins (per-channel 1.74x /
+# 1.55x against 1.51x / 1.33x; g128 0.48x for XLA). BENCHMARKS.md, issue 8.
+XLA_MAX_M = 1
 
 
 def _check(x_q, s_x, w_q, s_w, bias, s_g=None):
@@ -64,8 +71,17 @@ def w4a8_matmul(
     interpret: bool = False,
     config: KernelConfig | None = None,
 ) -> jax.Array:  # [M, N] out_dtype
-  """Pallas QQQ GEMM: int4 weights -> exact int8 in registers, int8 MMA, int32 accumulate."""
-  _, _, kp = _check(x_q, s_x, w_q, s_w, bias, s_g)
+  """Pallas QQQ GEMM: int4 weights -> exact int8 in registers, int8 MMA, int32 accumulate.
+
+  On sm_90 (no explicit config) one-token products run XLA's program (XLA_MAX_M), and
+  from M = 1024 the weights are unpacked to int8 for the Mosaic GPU W8A8 kernel (w4_hopper.py)."""
+  m, n, kp = _check(x_q, s_x, w_q, s_w, bias, s_g)
+  if w4_hopper.on_hopper(interpret, config):
+    if m <= XLA_MAX_M:
+      return xla_matmuls.w4a8_matmul_xla(x_q, s_x, w_q, s_w, bias, s_g, out_dtype=out_dtype)
+    hcfg = hopper_config(m, n, kp, interpret, config, out_dtype=out_dtype, bias=bias is not None)
+    if hcfg is not None:
+      return w4_hopper.w4a8(pad_x(x_q, kp, "x_q"), s_x, w_q, s_w, bias, s_g, out_dtype=out_dtype, config=hcfg)
   plan = _Plan(xmode="int8", wmode="qqq" if s_g is not None else "sym", has_sx=True, has_sw=True,
                has_zp=False, has_bias=bias is not None, has_outliers=False)
   return w4_matmul(pad_x(x_q, kp, "x_q"), w_q, plan=plan,

@@ -209,7 +209,7 @@ _STATIC = ("out_dtype", "interpret", "config")
 HOPPER_MIN_M = 1024
 
 
-def hopper_config(m, n, k, interpret, config, outlier_columns=0, out_dtype=jnp.bfloat16, bias=False):
+def hopper_config(m, n, k, interpret, config, outlier_columns=0, out_dtype=jnp.bfloat16, bias=False, rank1=False):
   """The HopperConfig that w8a8_matmul (outlier_columns=0) / w8a8o16_matmul would run, or None for
   the Triton kernel: CPU, interpret mode, an explicit KernelConfig, small M, other GPUs, more than
   128 outlier columns, or a shape or buffer set the Hopper kernel does not tile or fit."""
@@ -217,7 +217,7 @@ def hopper_config(m, n, k, interpret, config, outlier_columns=0, out_dtype=jnp.b
     return None
   # Outlier tiles take 96 KB of shared memory: 128 x 64 per warpgroup keeps 3 pipeline stages.
   cfg = _hopper.HopperConfig(tile_n=64, stages=3) if outlier_columns else _hopper.HopperConfig()
-  if not _hopper.supported(m, n, k, cfg) or not _hopper.fits(cfg, out_dtype, outlier_columns, bias):
+  if not _hopper.supported(m, n, k, cfg) or not _hopper.fits(cfg, out_dtype, outlier_columns, bias, rank1):
     return None
   # The persistent kernel needs enough output tiles to occupy the SMs: 70B's k/v projection
   # (N = 1024) at M = 1024 has 32 tiles and measured 0.68x bf16, while the Triton grid splits finer.

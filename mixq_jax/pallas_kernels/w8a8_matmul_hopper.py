@@ -36,6 +36,10 @@ class HopperConfig:
   grid_tile_width: int = 8  # snake-order band width, in tiles
   epi_tile_n: int = 64
   delay_release: int = 0  # 1: keep one wgmma in flight across K steps (its tiles freed a step later)
+  # W8A8O16: the outlier wgmma accumulates into the dequantized int8 result itself (one float32
+  # accumulator) instead of a second [tile_m, tile_n] accumulator that is added afterwards. Measured
+  # on an H100 at M = 4096 (BENCHMARKS.md): no faster (176.3 against 173.3 us at 4096^2), so off.
+  fold_outliers: bool = False
 
 
 def _plgpu():
@@ -52,8 +56,8 @@ def supported(m: int, n: int, k: int, cfg: HopperConfig = HopperConfig()) -> boo
   return k % cfg.tile_k == 0 and n % (2 * cfg.tile_n) == 0
 
 
-def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, out_gmem, *, cfg: HopperConfig,
-            num_sms: int):
+def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, v_gmem, out_gmem, *,
+            cfg: HopperConfig, num_sms: int):
   plgpu = _plgpu()
   m, k = x_gmem.shape
   n = w_gmem.shape[0]
@@ -86,6 +90,8 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, out_gmem
 
   ignore = lambda *_, **__: None
   n_vec = 3 if b_gmem is not None else 2
+  has_uv = u_gmem is not None  # a rank-1 term u[m] v[n] (QUIK's zero-point correction)
+  n_vec += 2 if has_uv else 0
   has_o = xo_gmem is not None
   if has_o:  # 16-bit outlier tiles [tm, C] and [tn, C], 128-byte swizzled rows of 64 elements
     c = xo_gmem.shape[1]
@@ -99,12 +105,14 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, out_gmem
       sx_smem=plgpu.SMEM((2, tm), jnp.float32),
       sw_smem=plgpu.SMEM((2, tn), jnp.float32),
       b_smem=plgpu.SMEM((2, tn), jnp.float32) if b_gmem is not None else None,
+      u_smem=plgpu.SMEM((2, tm), jnp.float32) if has_uv else None,
+      v_smem=plgpu.SMEM((2, tn), jnp.float32) if has_uv else None,
       xo_smem=plgpu.SMEM((2, tm, c), xo_gmem.dtype, transforms=o_transforms) if has_o else None,
       wo_smem=plgpu.SMEM((2, tn, c), wo_gmem.dtype, transforms=o_transforms) if has_o else None,
       vec_bar=plgpu.Barrier(num_barriers=2 * n_vec),
       collective_axes="wg",
   )
-  def _scope(pipeline_allocs, out_smem, sx_smem, sw_smem, b_smem, xo_smem, wo_smem, vec_bar):
+  def _scope(pipeline_allocs, out_smem, sx_smem, sw_smem, b_smem, u_smem, v_smem, xo_smem, wo_smem, vec_bar):
     wg = lax.axis_index("wg")
 
     @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
@@ -119,6 +127,8 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, out_gmem
         vecs = [(sx_gmem.at[m_sl], sx_smem), (sw_gmem.at[n_sl], sw_smem)]
         if b_gmem is not None:
           vecs.append((b_gmem.at[n_sl], b_smem))
+        if has_uv:
+          vecs += [(u_gmem.at[m_sl], u_smem), (v_gmem.at[n_sl], v_smem)]
         if has_o:
           vecs += [(xo_gmem.at[m_sl], xo_smem), (wo_gmem.at[n_sl], wo_smem)]
         for j, (src, dst) in enumerate(vecs):
@@ -132,9 +142,16 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, out_gmem
           y = acc_ref[...].astype(jnp.float32)
           y = y * lax.broadcast_in_dim(sx_smem[wg], (tm, tn), [0])
           y = y * lax.broadcast_in_dim(sw_smem[wg], (tm, tn), [1])
+          if has_uv:
+            y = y + lax.broadcast_in_dim(u_smem[wg], (tm, tn), [0]) * lax.broadcast_in_dim(v_smem[wg], (tm, tn), [1])
           if b_gmem is not None:
             y = y + lax.broadcast_in_dim(b_smem[wg], (tm, tn), [1])
-          if has_o:  # the 16-bit outlier product: one more wgmma per tile, float32 accumulator
+          if has_o and cfg.fold_outliers:  # y += x_o w_oᵀ: one more wgmma, into y's own registers
+            def outlier_product_into(acc_y):
+              plgpu.wgmma(acc_y, xo_smem.at[wg], plgpu.transpose_ref(wo_smem.at[wg], (1, 0)))
+
+            y = pl.run_state(outlier_product_into)(plgpu.ACC.init(y))
+          elif has_o:  # the 16-bit outlier product: one more wgmma per tile, float32 accumulator
             @functools.partial(pl.run_scoped, acc_o=plgpu.ACC((tm, tn), jnp.float32))
             def outlier_product(acc_o):
               plgpu.wgmma(acc_o, xo_smem.at[wg], plgpu.transpose_ref(wo_smem.at[wg], (1, 0)))
@@ -168,27 +185,37 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, out_gmem
 _SMEM_BYTES = 227 * 1024  # per block on sm_90
 
 
-def _fit_smem(cfg: HopperConfig, out_size: int, c: int, bias: bool) -> HopperConfig | None:
+def _fit_smem(cfg: HopperConfig, out_size: int, c: int, bias: bool, rank1: bool = False) -> HopperConfig | None:
   """`cfg` with fewer pipeline stages where the buffers would overflow shared memory; None where even
   2 stages do not fit. Each buffer is counted rounded up to 1 KB (the allocator's alignment for
   swizzled tiles), plus 256 B of barriers: this matches the sizes Mosaic GPU reported for the
   128 x 256 W8A8 tiles with bias and the W8A8O16 tiles with bias and float32 output."""
   tm, tn = cfg.tile_m, cfg.tile_n
   kb = lambda b: -(-b // 1024) * 1024
-  fixed = (kb(2 * 2 * min(64, tm) * min(cfg.epi_tile_n, tn) * out_size) + kb(2 * tm * 4) + kb(2 * tn * 4)
-           + (kb(2 * tn * 4) if bias else 0) + (kb(2 * tm * c * 2) + kb(2 * tn * c * 2) if c else 0) + 256)
-  stages = cfg.stages
-  while stages > 2 and stages * (tm + 2 * tn) * cfg.tile_k + fixed > _SMEM_BYTES:
-    stages -= 1
-  if stages * (tm + 2 * tn) * cfg.tile_k + fixed > _SMEM_BYTES:
-    return None
-  return dataclasses.replace(cfg, stages=stages)
+
+  def stages_with(epi_n):  # most pipeline stages (<= cfg.stages, >= 2) that fit, or None
+    fixed = (kb(2 * 2 * min(64, tm) * min(epi_n, tn) * out_size) + kb(2 * tm * 4) + kb(2 * tn * 4)
+             + (kb(2 * tn * 4) if bias else 0) + (kb(2 * tm * c * 2) + kb(2 * tn * c * 2) if c else 0)
+             + (kb(2 * tm * 4) + kb(2 * tn * 4) if rank1 else 0) + 256)
+    stages = cfg.stages
+    while stages > 2 and stages * (tm + 2 * tn) * cfg.tile_k + fixed > _SMEM_BYTES:
+      stages -= 1
+    return stages if stages * (tm + 2 * tn) * cfg.tile_k + fixed <= _SMEM_BYTES else None
+
+  stages = stages_with(cfg.epi_tile_n)
+  if cfg.epi_tile_n > 32 and (stages or 0) < min(cfg.stages, 3):
+    # Narrower output staging (half the bytes) before a third pipeline stage is lost: W8A8O16 with
+    # QUIK's rank-1 vectors is 1.25 KB over at 128 x 64 with 3 stages (2 stages ran 0.92x bf16 there).
+    narrow = stages_with(32)
+    if narrow is not None and narrow >= 3:
+      return dataclasses.replace(cfg, stages=narrow, epi_tile_n=32)
+  return None if stages is None else dataclasses.replace(cfg, stages=stages)
 
 
-def fits(cfg: HopperConfig, out_dtype, outlier_columns: int = 0, bias: bool = False) -> bool:
+def fits(cfg: HopperConfig, out_dtype, outlier_columns: int = 0, bias: bool = False, rank1: bool = False) -> bool:
   """Whether the kernel fits shared memory with this config (at 2 or more stages)."""
   c = -(-outlier_columns // 64) * 64
-  return _fit_smem(cfg, jnp.dtype(out_dtype).itemsize, c, bias) is not None
+  return _fit_smem(cfg, jnp.dtype(out_dtype).itemsize, c, bias, rank1) is not None
 
 
 def is_hopper() -> bool:
@@ -210,19 +237,23 @@ _STATIC = ("out_dtype", "config", "interpret", "num_sms")
 def w8a8_matmul_hopper(x_q, s_x, w_q, s_w, bias=None, *, out_dtype=jnp.bfloat16,
                        config: HopperConfig = HopperConfig(), interpret: bool = False, num_sms: int | None = None):
   """x_q int8 [M, K], s_x f32 [M], w_q int8 [N, K], s_w f32 [N], bias [N] or None -> [M, N] out_dtype."""
-  return _call(x_q, s_x, w_q, s_w, bias, None, None, None, out_dtype, config, interpret, num_sms)
+  return _call(x_q, s_x, w_q, s_w, bias, None, None, None, None, None, out_dtype, config, interpret, num_sms)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o, w_o, outlier_count, bias=None, *, out_dtype=jnp.bfloat16,
-                          config: HopperConfig = HopperConfig(tile_n=64), interpret: bool = False,
-                          num_sms: int | None = None):
+def w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o, w_o, outlier_count, bias=None, u=None, v=None, *,
+                          out_dtype=jnp.bfloat16, config: HopperConfig = HopperConfig(tile_n=64),
+                          interpret: bool = False, num_sms: int | None = None):
   """MixQ W8A8O16 on Hopper: w8a8_matmul_hopper plus x_o [M, C] @ w_o[N, C].T (16-bit), slots >= count
-  ignored; the outlier product is one more wgmma on each output tile, accumulated in float32."""
-  return _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, outlier_count, out_dtype, config, interpret, num_sms)
+  ignored; the outlier product is one more wgmma on each output tile, accumulated in float32.
+  u [M], v [N] float32 (both or neither) add the rank-1 term u[m] v[n] in the epilogue (QUIK's
+  asymmetric-activation correction, w4_hopper.py)."""
+  if (u is None) != (v is None):
+    raise ValueError("w8a8o16_matmul_hopper: pass both u [M] and v [N] (the rank-1 term), or neither")
+  return _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, outlier_count, u, v, out_dtype, config, interpret, num_sms)
 
 
-def _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, count, out_dtype, config, interpret, num_sms):
+def _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, count, u, v, out_dtype, config, interpret, num_sms):
   plgpu = _plgpu()
   m, k = x_q.shape
   n = w_q.shape[0]
@@ -232,6 +263,9 @@ def _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, count, out_dtype, config, interpre
   if mp != m:  # whole tiles only: zero rows, sliced off below
     x_q = jnp.pad(x_q, ((0, mp - m), (0, 0)))
     s_x = jnp.pad(s_x, (0, mp - m))
+  if u is not None:
+    u = jnp.pad(u.astype(jnp.float32), (0, mp - m))
+    v = v.astype(jnp.float32)
   b = None if bias is None else bias.astype(jnp.float32)
   c = 0
   if x_o is not None:
@@ -242,7 +276,7 @@ def _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, count, out_dtype, config, interpre
     x_o = jnp.where(valid[None, :], jnp.pad(x_o, ((0, mp - m), (0, cp - c))), 0).astype(x_o.dtype)
     w_o = jnp.where(valid[None, :], jnp.pad(w_o, ((0, 0), (0, cp - c))), 0).astype(x_o.dtype)
     c = cp
-  fitted = _fit_smem(config, jnp.dtype(out_dtype).itemsize, c, bias is not None)
+  fitted = _fit_smem(config, jnp.dtype(out_dtype).itemsize, c, bias is not None, u is not None)
   if fitted is None:
     raise ValueError(f"w8a8_matmul_hopper: {config} with C={c} outlier columns and {jnp.dtype(out_dtype).name} "
                      "output does not fit shared memory")
@@ -250,6 +284,8 @@ def _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, count, out_dtype, config, interpre
   sms = num_sms or device_sm_count()
   kw = {}
   if interpret:
+    # The Mosaic GPU interpreter has no run_state (jax 0.10-0.11); the unfolded form is the same sum.
+    config = dataclasses.replace(config, fold_outliers=False)
     from jax._src.pallas.mosaic_gpu.interpret import params as ip  # noqa: PLC0415
 
     kw["interpret"] = ip.InterpretGPUParams()
@@ -263,5 +299,5 @@ def _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, count, out_dtype, config, interpre
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       **kw,
   )
-  y = f(x_q, s_x, w_q, s_w, b, x_o, w_o)
+  y = f(x_q, s_x, w_q, s_w, b, x_o, w_o, u, v)
   return y[:m] if mp != m else y

@@ -30,3 +30,23 @@ def rel_err(a, b):
   b = np.asarray(b, np.float64)
   assert np.all(np.isfinite(a)), "non-finite output"
   return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def w4a8_exact_case(m, n, k, grouped):
+  """A W4A8 problem whose int32 accumulator is observable: random int8 x [M, K], int4 weights from
+  `quantize_w4_sym` (or QQQ g128 with s_g [N, G]), unit scales, and the exact int32 product
+  x @ w8[:, :K].T of the int8 weights the kernels must form. -> (x, w_q, s_g | None, ones_m, ones_n, want)."""
+  from mixq_jax.pallas_kernels.int4_pack import quantize_w4_qqq_g128, quantize_w4_sym, unpack_int4
+
+  kx, kw = keys(2)
+  x = rand_int8(kx, (m, k))
+  w = jax.random.normal(kw, (n, k))
+  if grouped:
+    w_q, s_g, _ = quantize_w4_qqq_g128(w)
+    s_g = s_g.T  # [N, G]
+    w8 = (unpack_int4(w_q).reshape(n, -1, 128) * s_g[:, :, None]).reshape(n, -1)
+  else:
+    (w_q, _), s_g = quantize_w4_sym(w), None
+    w8 = unpack_int4(w_q)
+  want = jax.lax.dot_general(x, w8[:, :k], (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
+  return x, w_q, s_g, jnp.ones((m,), jnp.float32), jnp.ones((n,), jnp.float32), want

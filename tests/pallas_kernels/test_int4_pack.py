@@ -71,3 +71,17 @@ def test_quantize_act4(asym):
   deq = q[:, :200] * s[:, None] + (m_x[:, None] if asym else 0)
   assert float(jnp.max(jnp.abs(deq - x.astype(jnp.float32)) / s[:, None])) <= 0.5 + 1e-3
   np.testing.assert_array_equal(np.asarray(q[:, 200:]), 0)  # padding is q = 0
+
+
+def test_unpack_int4_words_matches_unpack_int4():
+  """The 32-bit-word unpack equals the byte-wise one on every byte value, signed and unsigned, and
+  with every QQQ group scale (q * s exact in int8)."""
+  from mixq_jax.pallas_kernels.int4_pack import unpack_int4, unpack_int4_words  # noqa: PLC0415
+
+  every = jnp.arange(256, dtype=jnp.int32).astype(jnp.uint8).reshape(2, 128)  # 2 pack blocks per row
+  for packed in (every, every.view(jnp.int8)):
+    np.testing.assert_array_equal(np.asarray(unpack_int4_words(packed)), np.asarray(unpack_int4(packed)))
+  signed = jnp.concatenate([every.view(jnp.int8)] * 15, axis=0)  # [30, 128]: rows for every scale
+  s_g = jnp.repeat(jnp.arange(1, 16, dtype=jnp.int8), 2)[:, None] * jnp.ones((1, 2), jnp.int8)  # [30, G=2]
+  want = (unpack_int4(signed).reshape(30, 2, 128) * s_g[:, :, None]).reshape(30, 256)
+  np.testing.assert_array_equal(np.asarray(unpack_int4_words(signed, s_g)), np.asarray(want))

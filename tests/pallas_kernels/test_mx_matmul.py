@@ -1,4 +1,5 @@
 import jax
+import numpy as np
 import jax.numpy as jnp
 import pytest
 
@@ -46,3 +47,18 @@ def test_mx_matmul_layout_mismatch():
   x_e, x_s = mx.mx_quantize_act(jnp.ones((2, 256)))  # no MXFP6 split: wrong layout
   with pytest.raises(ValueError, match="mx_quantize_act"):
     mx_matmul(x_e, x_s, wq)
+
+
+def test_fp4_bit_decode_is_exact():
+  """The bf16 path's integer E2M1 decode equals value * 2^(s - 127) for every code and every
+  E8M0 code in its exact range (2..252), and gives 0 below it."""
+  import sys  # noqa: PLC0415  (the package re-exports the function under the module's name)
+
+  mm = sys.modules["mixq_jax.pallas_kernels.mx_matmul"]
+  codes = jnp.tile(jnp.arange(16, dtype=jnp.int8)[None, :], (256, 1))
+  ws = jnp.arange(256, dtype=jnp.int32).astype(jnp.uint8)[:, None]
+  got = np.asarray(mm._fp4_scaled_bf16(codes, ws).astype(jnp.float32))
+  want = np.asarray(mx.codes_to_values(codes.astype(jnp.uint8), "fp4")) * np.exp2(
+      np.arange(256, dtype=np.float64) - 127)[:, None]
+  np.testing.assert_array_equal(got[2:253], want[2:253].astype(np.float32))
+  np.testing.assert_array_equal(got[:2], 0.0)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from mixq_jax.pallas_kernels import KernelConfig, w4a8_matmul, w4a8_matmul_reference
-from mixq_jax.pallas_kernels.int4_pack import quantize_w4_qqq_g128, quantize_w4_sym, unpack_int4
-from kernel_testutil import INTERPRET, keys, rand_int8, rand_scale, rel_err
+from mixq_jax.pallas_kernels.int4_pack import quantize_w4_qqq_g128, quantize_w4_sym
+from kernel_testutil import INTERPRET, keys, rand_int8, rand_scale, rel_err, w4a8_exact_case
 
 SMALL = KernelConfig(block_m=16, block_n=32, block_k=256, num_warps=4, num_stages=2, group_m=2)
 NT = (((1,), (1,)), ((), ()))
@@ -15,21 +15,9 @@ NT = (((1,), (1,)), ((), ()))
 @pytest.mark.parametrize("grouped", [False, True])
 def test_w4a8_accumulator_bit_exact(m, grouped):
   """Scales of 1 and float32 out expose the int32 accumulator: bit-exact vs an int8 matmul."""
-  n, k = 48, 576
-  kx, kw = keys(2)
-  x = rand_int8(kx, (m, k))
-  w = jax.random.normal(kw, (n, k))
-  if grouped:
-    w_q, s_g, _ = quantize_w4_qqq_g128(w)
-    s_g = s_g.T  # [N, G]
-    w8 = (unpack_int4(w_q).reshape(n, -1, 128) * s_g[:, :, None]).reshape(n, -1)
-  else:
-    (w_q, _), s_g = quantize_w4_sym(w), None
-    w8 = unpack_int4(w_q)
-  ones_m, ones_n = jnp.ones((m,), jnp.float32), jnp.ones((n,), jnp.float32)
+  x, w_q, s_g, ones_m, ones_n, want = w4a8_exact_case(m, 48, 576, grouped)
   got = w4a8_matmul(x, ones_m, w_q, ones_n, s_g=s_g, out_dtype=jnp.float32, interpret=INTERPRET,
                     config=SMALL)
-  want = jax.lax.dot_general(x, w8[:, :k], NT, preferred_element_type=jnp.int32)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want, np.float32))
 
 

@@ -1,5 +1,7 @@
 """The Hopper (Mosaic GPU) W8A8 kernel: interpret mode on CPU, natively on an sm_90 GPU."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,9 +74,11 @@ def test_errors():
                        config=HopperConfig(tile_k=32))
 
 
+@pytest.mark.parametrize("fold", [True, False])
 @pytest.mark.parametrize("m,count", [(100, 70), (64, 0), (64, 128)])
-def test_w8a8o16(m, count):
-  """The outlier product fused in the epilogue; slots past the count hold NaN and must not leak."""
+def test_w8a8o16(m, count, fold):
+  """The outlier product fused in the epilogue (folded into the result's accumulator, or a second
+  one); slots past the count hold NaN and must not leak."""
   n, k, c = 256, 256, 128
   kx, kw, ks, kt, ko, kp, kb = keys(7)
   x, w = rand_int8(kx, (m, k)), rand_int8(kw, (n, k))
@@ -82,7 +86,8 @@ def test_w8a8o16(m, count):
   x_o = (4 * jax.random.normal(ko, (m, c))).astype(jnp.bfloat16)
   w_o = jax.random.normal(kp, (n, c)).astype(jnp.bfloat16).at[:, count:].set(jnp.nan)
   b = jax.random.normal(kb, (n,), jnp.bfloat16)
-  got = w8a8o16_matmul_hopper(x, sx, w, sw, x_o, w_o, jnp.int32(count), b, config=SMALL, interpret=INTERPRET,
+  cfg = dataclasses.replace(SMALL, fold_outliers=fold)
+  got = w8a8o16_matmul_hopper(x, sx, w, sw, x_o, w_o, jnp.int32(count), b, config=cfg, interpret=INTERPRET,
                               num_sms=3)
   want = w8a8o16_matmul_reference(x, sx, w, sw, x_o, w_o, jnp.int32(count), b)
   assert rel_err(got, want) < 4e-3
@@ -127,3 +132,20 @@ def test_dispatch_rule(monkeypatch):
   assert rule(4096, 4096 + 16, 4096, False, None) is None  # N not a multiple of 256
   # W8A8O16 with bias and float32 output does not fit shared memory: Triton
   assert rule(4096, 4096, 4096, False, None, outlier_columns=128, out_dtype=jnp.float32, bias=True) is None
+
+
+def test_narrow_output_staging_keeps_three_stages():
+  """Where a third pipeline stage is 1-2 KB short, the output staging halves (epi_tile_n 32) instead;
+  the result is unchanged (checked in interpret mode / natively)."""
+  from mixq_jax.pallas_kernels.w8a8_matmul_hopper import _fit_smem
+
+  fitted = _fit_smem(HopperConfig(tile_n=64, stages=3), 2, 128, False, rank1=True)
+  assert (fitted.stages, fitted.epi_tile_n) == (3, 32)
+  assert _fit_smem(HopperConfig(tile_n=64, stages=3), 2, 128, False).epi_tile_n == 64
+  kx, kw, ks, kt = keys(4)
+  x, w = rand_int8(kx, (100, 256)), rand_int8(kw, (256, 256))
+  sx, sw = rand_scale(ks, (100,)), rand_scale(kt, (256,))
+  cfg = dataclasses.replace(SMALL, epi_tile_n=32)
+  got = w8a8_matmul_hopper(x, sx, w, sw, out_dtype=jnp.float32, config=cfg, interpret=INTERPRET, num_sms=2)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(w8a8_matmul_reference(x, sx, w, sw, out_dtype=jnp.float32)),
+                             rtol=1e-6, atol=1e-6)

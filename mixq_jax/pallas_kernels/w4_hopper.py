@@ -1,0 +1,49 @@
+"""Large-M 4-bit GEMMs on Hopper: int4 unpacked to int8 by XLA, then the Mosaic GPU 8-bit kernels.
+
+Shape letters: M tokens, N output features, Kp = K padded to 128, C outlier capacity.
+
+Why: at large M these GEMMs are compute-bound and Hopper has no int4 tensor cores, so the int8
+wgmma does the work either way. The Triton 4-bit tile loops unpack in registers next to their
+accumulator and spill (bench/inspect_kernels.py); on an H100 at M = 4096 on 70B's 8192 x 8192 they
+ran at 0.67x (w4a8) and 0.37x (w4a4o16) of bf16, while the Mosaic GPU W8A8 kernel (TMA + wgmma,
+w8a8_matmul_hopper.py) runs 1.88x there. Unpacking is one XLA pass over the packed operand (read
+half a byte, write one byte per value, on 32-bit words: `int4_pack.unpack_int4_words`), small next
+to the GEMM from M = 1024 on. The packed
+weights stay what is stored; the int8 copy is a temporary of the call.
+
+Exact vs rounded: the same as the 8-bit kernels. The int32 accumulator is exact, and so are
+int4 -> int8 and QQQ's q4 * s_g. For QUIK's asymmetric activations, the zero-point term
+m_x (s_w wsum) is a rank-1 addition in the kernel's float32 epilogue.
+"""
+
+import importlib
+
+import jax.numpy as jnp
+
+from mixq_jax.pallas_kernels.int4_pack import unpack_int4_words
+
+# The module itself: the package re-exports its function of the same name over the attribute.
+_hopper = importlib.import_module("mixq_jax.pallas_kernels.w8a8_matmul_hopper")
+
+
+def w4a8(x_q, s_x, w_q, s_w, bias, s_g, *, out_dtype, config, interpret=False, num_sms=None):
+  """w4a8_matmul (per-channel, or g128 with s_g [N, G]) on the Mosaic GPU W8A8 kernel; x_q [M, Kp]."""
+  w8 = unpack_int4_words(w_q, s_g)  # [N, Kp] int8; QQQ g128: q4 * s_g, an exact int8
+  return _hopper.w8a8_matmul_hopper(x_q, s_x, w8, s_w, bias, out_dtype=out_dtype, config=config,
+                                    interpret=interpret, num_sms=num_sms)
+
+
+def w4a4o16(x_q, s_x, w_q, s_w, x_o, w_o, count, bias, m_x, wsum, *, out_dtype, config, interpret=False,
+            num_sms=None):
+  """w4a4o16_matmul on the Mosaic GPU W8A8O16 kernel (x_q packed [M, Kp/2])."""
+  x8, w8 = unpack_int4_words(x_q), unpack_int4_words(w_q)  # [M, Kp], [N, Kp] int8 (asym x: 0..15)
+  uv = (None, None) if m_x is None else (m_x, s_w * wsum.astype(jnp.float32))  # QUIK: + m_x (s_w wsum)
+  return _hopper.w8a8o16_matmul_hopper(x8, s_x, w8, s_w, x_o, w_o, count, bias, *uv, out_dtype=out_dtype,
+                                       config=config, interpret=interpret, num_sms=num_sms)
+
+
+def on_hopper(interpret: bool, config) -> bool:
+  """Whether a wrapper may leave its Triton kernel: a native sm_90 call without an explicit config."""
+  return not interpret and config is None and _hopper.is_hopper()
+
+

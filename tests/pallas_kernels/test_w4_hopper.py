@@ -1,0 +1,99 @@
+"""Large-M 4-bit GEMMs on the Mosaic GPU 8-bit kernels (w4_hopper.py), and the 4-bit / MX dispatch.
+
+The kernels run in Mosaic GPU interpret mode on the CPU and natively on an sm_90 GPU."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernel_testutil import HAS_GPU, keys, rand_int8, rand_scale, rel_err, w4a8_exact_case
+from mixq_jax.pallas_kernels import (mx, mx_matmul, w4a4o16_matmul_reference, w4a8_matmul,
+                                     w4_hopper)
+from mixq_jax.pallas_kernels.int4_pack import (pad_k, quantize_act4, quantize_w4_sym,
+                                               row_sums)
+from mixq_jax.pallas_kernels.w8a8_matmul_hopper import HopperConfig, is_hopper
+
+if HAS_GPU and not is_hopper():
+  pytest.skip("the Mosaic GPU kernels need sm_90", allow_module_level=True)
+INTERPRET = not HAS_GPU
+if INTERPRET:
+  try:
+    import mgpu_interpret
+
+    mgpu_interpret.patch()
+  except (ImportError, AttributeError) as e:
+    pytest.skip(f"Mosaic GPU interpret mode unavailable in jax {jax.__version__}: {e}", allow_module_level=True)
+
+SMALL = HopperConfig(tile_m=64, tile_n=64, tile_k=128, stages=2, grid_tile_width=2)
+NT = (((1,), (1,)), ((), ()))
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_w4a8_bit_exact(grouped):
+  """Scales of 1, float32 out: the int32 accumulator matches an int8 matmul exactly (K = 320, padded)."""
+  x, w_q, s_g, ones_m, ones_n, want = w4a8_exact_case(70, 128, 320, grouped)
+  kp = 2 * w_q.shape[1]
+  got = w4_hopper.w4a8(pad_k(x, kp), ones_m, w_q, ones_n, None, s_g, out_dtype=jnp.float32, config=SMALL,
+                       interpret=INTERPRET, num_sms=3)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want, np.float32))
+
+
+@pytest.mark.parametrize("asym", [False, True])
+def test_w4a4o16(asym):
+  m, n, k, c = 100, 128, 256, 128
+  kx, kw, ko, kp, kb = keys(5)
+  x = jax.random.normal(kx, (m, k), jnp.bfloat16)
+  x_q, s_x, m_x = quantize_act4(x, asym=asym)
+  w_q, s_w = quantize_w4_sym(jax.random.normal(kw, (n, k)))
+  wsum = row_sums(w_q) if asym else None
+  x_o = (4 * jax.random.normal(ko, (m, c))).astype(jnp.bfloat16)
+  w_o = jax.random.normal(kp, (n, c)).astype(jnp.bfloat16).at[:, 90:].set(jnp.nan)  # past the count
+  b = jax.random.normal(kb, (n,), jnp.bfloat16)
+  cnt = jnp.int32(90)
+  got = w4_hopper.w4a4o16(x_q, s_x, w_q, s_w, x_o, w_o, cnt, b, m_x, wsum,
+                          out_dtype=jnp.float32, config=SMALL, interpret=INTERPRET, num_sms=3)
+  want = w4a4o16_matmul_reference(x_q, s_x, w_q, s_w, x_o, w_o, cnt, b, m_x, wsum,
+                                  out_dtype=jnp.float32)
+  assert rel_err(got, want) < 1e-5
+
+
+def test_dispatch(monkeypatch):
+  """On sm_90: one-token w4a8 runs XLA's program, M >= 1024 the Mosaic GPU kernels, mx M >= 256 XLA's
+  program; elsewhere the Triton kernels (checked on the lowered program, so it runs on the CPU too)."""
+  hopper_mod = importlib.import_module("mixq_jax.pallas_kernels.w8a8_matmul_hopper")
+  monkeypatch.setattr(hopper_mod, "is_hopper", lambda: True)
+  monkeypatch.setattr(hopper_mod, "device_sm_count", lambda: 132)
+  kx, kw, ks, kt = keys(4)
+  n, k = 4096, 256  # 8 x 16 output tiles at M = 1024: enough for 132 SMs
+  w_q, s_w = quantize_w4_sym(jax.random.normal(kw, (n, k)))
+
+  def lowered(f, *args):
+    return jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+  def w4a8_at(m):
+    x, sx = rand_int8(kx, (m, k)), rand_scale(ks, (m,))
+    return lowered(lambda *a: w4a8_matmul(*a), x, sx, w_q, s_w)
+
+  one, mid, big = w4a8_at(1), w4a8_at(64), w4a8_at(1024)
+  assert "mosaic_gpu" not in one and "triton" not in one  # XLA's int8 dot
+  assert "triton" in mid and "mosaic_gpu" not in mid  # the Pallas Triton kernel
+  assert "mosaic_gpu" in big
+  wq = mx.mx_quantize_weight(jax.random.normal(kw, (n, k)))
+  for m, backend in ((64, "triton"), (256, None)):
+    x_e, x_s = mx.mx_quantize_act(jax.random.normal(kt, (m, k), jnp.bfloat16))
+    text = lowered(lambda *a: mx_matmul(*a), x_e, x_s, wq)
+    assert (backend in text) if backend else ("triton" not in text and "mosaic_gpu" not in text)
+
+
+def test_rank1_needs_both_vectors():
+  from mixq_jax.pallas_kernels.w8a8_matmul_hopper import w8a8o16_matmul_hopper  # noqa: PLC0415
+
+  x, w = jnp.ones((64, 128), jnp.int8), jnp.ones((128, 128), jnp.int8)
+  s = jnp.ones((64,), jnp.float32)
+  o = jnp.ones((64, 64), jnp.bfloat16)
+  with pytest.raises(ValueError, match="rank-1"):
+    w8a8o16_matmul_hopper(x, s, w, jnp.ones((128,), jnp.float32), o, jnp.ones((128, 64), jnp.bfloat16),
+                          jnp.int32(1), u=s, interpret=True)
