@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixq_jax import convert, layers, runtime
+from mixq_jax import convert, layers, runtime, schemes
 from mixq_jax.eval import ppl
 from mixq_jax.generate import generate
 from mixq_jax.quant import calibrate
@@ -70,7 +70,8 @@ def test_mix8_outlier_column_cache(ckpts):
   lm = runtime.load(ckpt=out["mix8"])
   cache = lm.variables[OUTLIER_COLS]
   n_mix8 = sum(lq.scheme == "mix8" for _, lq in lm.plan.layers)
-  assert len(jax.tree_util.tree_leaves(cache)) == n_mix8
+  n_sites = len({schemes.site_of(path) for path, lq in lm.plan.layers if lq.scheme == "mix8"})
+  assert len(jax.tree_util.tree_leaves(cache)) == n_mix8 + n_sites  # w_o per layer, mask per site
   assert cache["layers_0"]["mlp"]["down_proj"]["w_o"].shape == (64, 16)
   rng = np.random.default_rng(3)
   toks = rng.integers(0, 512, (2, 32))
@@ -89,6 +90,10 @@ def test_mix8_outlier_column_cache(ckpts):
   no_cache = {k: v for k, v in lm.variables.items() if k != OUTLIER_COLS}
   plain, _ = runtime._forward(lm.model, no_cache, jnp.asarray(toks, jnp.int32), jnp.asarray(pos, jnp.int32), False)
   np.testing.assert_array_equal(with_cache, np.asarray(plain))
+  # The frozen call reads each site's outlier mask instead of scattering it anew.
+  fwd = lambda v: str(jax.make_jaxpr(lambda v: runtime._forward(  # noqa: E731
+      lm.model, v, jnp.asarray(toks, jnp.int32), jnp.asarray(pos, jnp.int32), False))(v))
+  assert "scatter" in fwd(no_cache) and "scatter" not in fwd(lm.variables)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)

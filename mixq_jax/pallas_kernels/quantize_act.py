@@ -313,12 +313,21 @@ def quantize_act_reference(
     x, outlier_idx, outlier_count, norm_weight=None, outlier_mask=None, col_scale=None, *, eps=1e-6,
     threshold=6.0, detect_columns=False, interpret=False, config=None,
 ) -> QuantizedActivations:
-  """Plain-jnp quantize_act, same signature and outputs (interpret/config ignored)."""
-  del interpret, config, outlier_mask  # the mask is derived from idx/count here
+  """Plain-jnp quantize_act, same signature and outputs (interpret/config ignored).
+
+  `outlier_mask`, as in `quantize_act`, must equal `outlier_mask_from_idx(idx, count, K)`; passing
+  it saves the scatter that builds it (one small kernel per call, which matters at decode)."""
+  del interpret, config
   m, k = _check(x, outlier_idx, outlier_count, norm_weight, col_scale)
   c = outlier_idx.shape[0]
   xf = pin_input_rounding(x)
-  is_out = outlier_mask_from_idx(outlier_idx, outlier_count, k) != 0 if c else jnp.zeros((k,), bool)
+  if not c:
+    is_out = jnp.zeros((k,), bool)
+  elif outlier_mask is not None:
+    _shapes.check_vec("outlier_mask", outlier_mask, k)
+    is_out = outlier_mask != 0
+  else:
+    is_out = outlier_mask_from_idx(outlier_idx, outlier_count, k) != 0
   xw = xf * norm_weight.astype(jnp.float32)[None, :] if norm_weight is not None else xf
   if col_scale is not None:
     xw = xw * col_scale.astype(jnp.float32)[None, :]

@@ -151,3 +151,20 @@ def test_quantize_act_k_not_a_multiple_of_block_k(block_k, m):
   assert (k_chunks(688, block_k) is None) == (block_k == 32)
   got = quantize_act(x, idx, cnt, nw, detect_columns=True, interpret=INTERPRET, config=cfg)
   _compare(got, quantize_act_reference(x, idx, cnt, nw, detect_columns=True))
+
+
+def test_reference_takes_the_cached_mask():
+  """The reference reads a passed outlier mask (no scatter in its program) and gives the same result."""
+  kx, ki = keys(2)
+  k, c, count = 256, 16, 11
+  x = jax.random.normal(kx, (5, k), jnp.bfloat16) * 3
+  idx = jax.random.permutation(ki, k)[:c].astype(jnp.int32)
+  mask = outlier_mask_from_idx(idx, count, k)
+  got = quantize_act_reference(x, idx, jnp.int32(count), outlier_mask=mask)
+  want = quantize_act_reference(x, idx, jnp.int32(count))
+  for a, b in zip(got[:3], want[:3]):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  text = str(jax.make_jaxpr(lambda x, m: quantize_act_reference(x, idx, jnp.int32(count), outlier_mask=m))(x, mask))
+  assert "scatter" not in text
+  with pytest.raises(ValueError, match="outlier_mask"):
+    quantize_act_reference(x, idx, jnp.int32(count), outlier_mask=mask[:-16])
