@@ -50,3 +50,30 @@ def w4a8_exact_case(m, n, k, grouped):
     w8 = unpack_int4(w_q)
   want = jax.lax.dot_general(x, w8[:, :k], (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
   return x, w_q, s_g, jnp.ones((m,), jnp.float32), jnp.ones((n,), jnp.float32), want
+
+
+def mosaic_gpu_test_mode() -> bool:
+  """For test modules of the Mosaic GPU kernels: skips the module on a non-sm_90 GPU, or where this
+  jax's interpreter hooks moved; on the CPU patches the interpreter (mgpu_interpret). -> interpret?"""
+  import pytest  # noqa: PLC0415
+
+  from mixq_jax.pallas_kernels.w8a8_matmul_hopper import is_hopper  # noqa: PLC0415
+
+  if HAS_GPU and not is_hopper():
+    pytest.skip("the Mosaic GPU kernels need sm_90", allow_module_level=True)
+  if HAS_GPU:
+    return False
+  try:  # jax-internal interpreter hooks: skip, naming the cause, if a jax release moved them
+    import mgpu_interpret  # noqa: PLC0415
+
+    mgpu_interpret.patch()
+  except (ImportError, AttributeError) as e:
+    pytest.skip(f"Mosaic GPU interpret mode unavailable in jax {jax.__version__}: {e}", allow_module_level=True)
+  return True
+
+
+def small_hopper_config():
+  """Small tiles so the CPU interpreter has several output tiles, K steps and persistent-loop turns."""
+  from mixq_jax.pallas_kernels.w8a8_matmul_hopper import HopperConfig  # noqa: PLC0415
+
+  return HopperConfig(tile_m=64, tile_n=64, tile_k=128, stages=2, grid_tile_width=2)

@@ -9,25 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernel_testutil import HAS_GPU, keys, rand_int8, rand_scale, rel_err, w4a8_exact_case
+from kernel_testutil import keys, mosaic_gpu_test_mode, rand_int8, rand_scale, rel_err, small_hopper_config, w4a8_exact_case
 from mixq_jax.pallas_kernels import (mx, mx_matmul, w4a4o16_matmul_reference, w4a8_matmul,
                                      w4_hopper)
 from mixq_jax.pallas_kernels.int4_pack import (pad_k, quantize_act4, quantize_w4_sym,
                                                row_sums)
-from mixq_jax.pallas_kernels.w8a8_matmul_hopper import HopperConfig, is_hopper
 
-if HAS_GPU and not is_hopper():
-  pytest.skip("the Mosaic GPU kernels need sm_90", allow_module_level=True)
-INTERPRET = not HAS_GPU
-if INTERPRET:
-  try:
-    import mgpu_interpret
-
-    mgpu_interpret.patch()
-  except (ImportError, AttributeError) as e:
-    pytest.skip(f"Mosaic GPU interpret mode unavailable in jax {jax.__version__}: {e}", allow_module_level=True)
-
-SMALL = HopperConfig(tile_m=64, tile_n=64, tile_k=128, stages=2, grid_tile_width=2)
+INTERPRET = mosaic_gpu_test_mode()
+SMALL = small_hopper_config()
 NT = (((1,), (1,)), ((), ()))
 
 

@@ -7,25 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernel_testutil import HAS_GPU, keys, rand_int8, rand_scale, rel_err
+from kernel_testutil import keys, mosaic_gpu_test_mode, rand_int8, rand_scale, rel_err, small_hopper_config
 from mixq_jax.pallas_kernels import (w8a8_matmul, w8a8_matmul_reference, w8a8o16_matmul,
                                      w8a8o16_matmul_reference)
-from mixq_jax.pallas_kernels.w8a8_matmul_hopper import (HopperConfig, is_hopper, w8a8_matmul_hopper,
+from mixq_jax.pallas_kernels.w8a8_matmul_hopper import (HopperConfig, w8a8_matmul_hopper,
                                                         w8a8o16_matmul_hopper)
 
-if HAS_GPU and not is_hopper():
-  pytest.skip("the Mosaic GPU W8A8 kernel needs sm_90", allow_module_level=True)
-INTERPRET = not HAS_GPU
-if INTERPRET:
-  try:  # jax-internal interpreter hooks: skip, naming the cause, if a jax release moved them
-    import mgpu_interpret
-
-    mgpu_interpret.patch()
-  except (ImportError, AttributeError) as e:
-    pytest.skip(f"Mosaic GPU interpret mode unavailable in jax {jax.__version__}: {e}", allow_module_level=True)
-
-# Small tiles so the CPU interpreter has several output tiles, K steps and persistent-loop turns.
-SMALL = HopperConfig(tile_m=64, tile_n=64, tile_k=128, stages=2, grid_tile_width=2)
+INTERPRET = mosaic_gpu_test_mode()
+SMALL = small_hopper_config()
 
 
 @pytest.mark.parametrize("m,n,k,sms,tile_k", [(64, 128, 128, 1, 128), (100, 256, 384, 3, 128), (1, 128, 256, 2, 128),
