@@ -237,6 +237,8 @@ def run_one(kind, m, n, k, config=None, samples=25):
   if kind.endswith("_triton") and config is None:
     config = configs.select_config(kind.removesuffix("_triton"), m, n, k)
   fn, ref = kernel_fn(kind, config)
+  if kind in QA_KINDS:  # x [M, K] alone: the GEMM shape's N must not size the repetitions
+    n = 0
   t_est = est_seconds(m, n, k, moved_bytes(kind, m, n, k))
   r = n_sets(t_est, set_bytes(kind, m, n, k))
   sets = make_sets(kind, m, n, k, r)
@@ -406,8 +408,12 @@ CANDIDATES = {  # (block_m, block_n, block_k, num_warps, num_stages) per M regim
         "large": [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 64, 4, 4),
                   (128, 128, 32, 4, 5)],
     },
-    "quantize_act": {"any": [(1, 16, 1024, 4, 1), (2, 16, 1024, 4, 1), (4, 16, 1024, 4, 1),
-                             (1, 16, 512, 2, 1), (1, 16, 2048, 8, 1), (2, 16, 512, 8, 1)]},
+    # (block_m, -, block_k, warps, stages, passes): passes 1 holds the row block in registers,
+    # 2 reads it twice (KernelConfig.passes).
+    "quantize_act": {"any": [(1, 16, 2048, 8, 1, 1), (1, 16, 2048, 4, 1, 1), (1, 16, 4096, 16, 1, 1),
+                             (1, 16, 1024, 4, 1, 1), (1, 16, 2048, 4, 1, 2), (1, 16, 2048, 8, 1, 2),
+                             (2, 16, 2048, 8, 1, 2), (4, 16, 1024, 8, 1, 2), (1, 16, 1024, 4, 1, 2),
+                             (2, 16, 1024, 4, 2, 2), (4, 16, 2048, 8, 3, 2), (1, 16, 512, 2, 1, 2)]},
 }
 CANDIDATES["w8a8o16"] = CANDIDATES["w8a8"]
 
@@ -442,10 +448,13 @@ def tune(args):
       scores = {}
       for n, k in kshapes:
         for cand in CANDIDATES[kind][regime(kind, m)]:
-          bm, bn, bk, nw, ns, *sk = cand
-          cfg = KernelConfig(block_m=min(bm, max(16, configs.m_bucket(m))) if kind != "quantize_act"
-                             else bm, block_n=max(bn, 16), block_k=bk, num_warps=nw, num_stages=ns,
-                             split_k=sk[0] if sk else 1)
+          bm, bn, bk, nw, ns, *extra = cand
+          if kind == "quantize_act":
+            cfg = KernelConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=nw, num_stages=ns,
+                               passes=extra[0] if extra else 1)
+          else:
+            cfg = KernelConfig(block_m=min(bm, max(16, configs.m_bucket(m))), block_n=max(bn, 16),
+                               block_k=bk, num_warps=nw, num_stages=ns, split_k=extra[0] if extra else 1)
           try:
             t0 = time.perf_counter()
             t, err, _ = run_one(kind, m, n, k, cfg, samples=10)
@@ -471,18 +480,27 @@ def tune(args):
         table[configs.table_key(kind, gpu, configs.m_bucket(m), "*", "*")] = (0.0, best)
         print(f"{kind} M={m}: bucket default {best}", flush=True)
       merged.update({k: v[1].to_dict() for k, v in table.items()})
-      write_table(merged, info)  # after every bucket, so a cut-off run keeps what it found
+      write_table(merged, info, [f"{kind}|{gpu}"])  # after every bucket, so a cut-off run keeps what it found
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"env": info, "tune_log": log, "table": merged}, f, indent=1)
 
 
-def write_table(table, info):
+def write_table(table, info, tuned=()):
+  """Rewrite tuned_table.py with `table`; `tuned` = the "kernel|gpu" groups this run swept, whose
+  PROVENANCE line becomes this run's device, jax version and date (the others are kept)."""
+  from mixq_jax.pallas_kernels import tuned_table
+  prov = dict(getattr(tuned_table, "PROVENANCE", {}))
+  for group in tuned:
+    prov[group] = f"{info['device']}, jax {info['jax']}, {info['date']}"
   lines = ['"""Tuned kernel configs; regenerate with `python bench/gemm.py --tune`.',
            "",
-           f"Last tuned on {info['device']}, jax {info['jax']}, {info['date']}.",
-           'Keys: "kernel|gpu|M bucket|N|K" ("*" = default for the bucket)."""',
-           "", "TABLE: dict[str, dict] = {"]
+           'Keys: "kernel|gpu|M bucket|N|K" ("*" = default for the bucket). PROVENANCE says where and',
+           'when each "kernel|gpu" group was last swept."""',
+           "", "PROVENANCE: dict[str, str] = {"]
+  for key in sorted(prov):
+    lines.append(f"    {key!r}: {prov[key]!r},")
+  lines += ["}", "", "TABLE: dict[str, dict] = {"]
   for key in sorted(table):
     lines.append(f"    {key!r}: {table[key]!r},")
   lines.append("}")

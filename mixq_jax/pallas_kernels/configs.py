@@ -23,18 +23,25 @@ class KernelConfig:
   num_stages: int = 3  # software-pipelining depth of the K loop
   group_m: int = 8    # M tiles per group in the tile order (L2 reuse of weight tiles)
   split_k: int = 1    # w8a16 only: K slices reduced by separate programs (decode, small N)
+  passes: int = 1     # quantize_act only: 1 keeps the row block in registers (x read once), 2 reads
+                      # it twice (statistics, then quantization; the second read mostly from L2)
 
   def __post_init__(self):
     for f in ("block_m", "block_n", "block_k", "num_warps", "split_k"):
       v = getattr(self, f)
       if v < 1 or v & (v - 1):
         raise ValueError(f"{f}={v} must be a power of two")
+    if self.passes not in (1, 2):
+      raise ValueError(f"passes={self.passes} must be 1 or 2")
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 
 
 KERNELS = ("quantize_act", "w8a8", "w8a8o16", "w8a16")
+
+
+BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 def m_bucket(m: int) -> int:
@@ -85,12 +92,20 @@ def table_key(kernel: str, gpu: str, mb: int, n, k) -> str:
 
 
 def select_config(kernel: str, m: int, n: int, k: int, gpu: str | None = None) -> KernelConfig:
-  """Tuned config for this problem on this GPU, else the default for the M bucket."""
+  """Tuned config for this problem on this GPU, else the default for the M bucket (quantize_act:
+  else the nearest tuned bucket's)."""
   if kernel not in KERNELS:
     raise ValueError(f"unknown {kernel=}; expected one of {KERNELS}")
   gpu = gpu or gpu_name()
   mb = m_bucket(m)
-  for key in (table_key(kernel, gpu, mb, n, k), table_key(kernel, gpu, mb, "*", "*")):
+  keys = [table_key(kernel, gpu, mb, n, k), table_key(kernel, gpu, mb, "*", "*")]
+  if kernel == "quantize_act":
+    # Then the nearest tuned M bucket (the sweep covers 1024 and 4096), the larger on a tie: its
+    # config (rows per program, K chunk, passes) does not depend on M the way a GEMM tile does, and
+    # the hand default is one pass, which is slow for K = 11008 (bench/h200_2026-12-05/qa_tune.log).
+    near = sorted((b for b in BUCKETS if b != mb), key=lambda b: (abs(b.bit_length() - mb.bit_length()), -b))
+    keys += [table_key(kernel, gpu, b, n, k) for b in near] + [table_key(kernel, gpu, b, "*", "*") for b in near]
+  for key in keys:
     entry = tuned_table.TABLE.get(key)
     if entry is not None:
       return KernelConfig(**entry)

@@ -43,19 +43,26 @@ AMAX_FLOOR = 1e-5  # keeps 127/amax finite for an all-zero (or all-outlier) row
 MAX_UNROLL = 16    # K chunks kept in registers; beyond this, two passes (compile time, registers)
 
 
-def k_chunks(k: int, block_k: int) -> tuple[tuple[int, int], ...] | None:
-  """(start, size) chunks of power-of-two sizes <= block_k that tile [0, K), largest first, for the
-  unrolled single-pass kernel; None when that needs more than MAX_UNROLL chunks (two-pass loop).
+def k_chunks(k: int, block_k: int) -> tuple[tuple[int, int], ...]:
+  """(start, size) chunks that tile [0, K): K // block_k chunks of block_k, then the remainder as
+  powers of two, largest first (block_k is a power of two, so every size is one).
 
   Sizes need not divide K: K = 11008 (Llama-2-7B's MLP) = 5 x 2048 + 512 + 256 is 7 chunks, where
-  equal chunks (256, the largest power of two dividing it) are 43 and took the two-pass loop, which
-  ran 23.5 us at M = 1 against 3.2 us for K = 4096 (H100, bench/h100_2026-12-05b/g8_dec.json)."""
+  equal chunks (256, the largest power of two dividing it) are 43, and a loop over those ran
+  23.5 us at M = 1 against 3.2 us for K = 4096 (H100, bench/h100_2026-12-05b/g8_dec.json)."""
   chunks, start = [], 0
   while start < k:
     size = min(block_k, 1 << ((k - start).bit_length() - 1))
     chunks.append((start, size))
     start += size
-  return tuple(chunks) if len(chunks) <= MAX_UNROLL else None
+  return tuple(chunks)
+
+
+def single_pass(k: int, cfg: KernelConfig) -> bool:
+  """Whether the row block stays in registers (x read once): `cfg.passes == 1` and at most
+  MAX_UNROLL chunks. Otherwise the statistics and the quantization each loop over the row, and the
+  second pass reads it again, mostly from L2."""
+  return cfg.passes == 1 and len(k_chunks(k, cfg.block_k)) <= MAX_UNROLL
 
 
 class QuantizedActivations(NamedTuple):
@@ -88,13 +95,16 @@ def _quantize_kernel(
     s_ref,     # [bm] float32
     xo_ref,    # [bm, C] 16-bit, or None
     cm_ref,    # [K] int8 column flags of this row block, or None
-    *, m, bm, k, bk, chunks, eps, threshold,
+    *, m, bm, k, chunks, one_pass, eps, threshold,
 ):
-  # With `chunks` ((start, size) pairs, at most MAX_UNROLL) the K loop is unrolled in Python: every
-  # chunk's load is issued up front and the row block stays in registers between the statistics and
-  # the quantization, so x is read once. Otherwise two fori_loops over k // bk chunks of bk; the
-  # second re-reads the row block from L2.
-  nk = k // bk
+  # `chunks`: (start, size) pairs from k_chunks, the first ones all of size bk. One pass
+  # (`one_pass`): the K loop is unrolled in Python, every chunk's load is issued up front and the
+  # row block stays in registers between the statistics and the quantization, so x is read once.
+  # Two passes: the equal chunks go through a fori_loop (the tail is unrolled), once for the
+  # statistics and once for the quantization, which reads the row block again (from L2).
+  bk = chunks[0][1]
+  n_main = sum(1 for _, size in chunks if size == bk)
+  tail = chunks[n_main:]
   ragged = m % bm != 0
   rows = pl.program_id(0) * bm + jnp.arange(bm)
   rmask = (rows < m)[:, None] if ragged else None  # [bm, 1]
@@ -138,15 +148,28 @@ def _quantize_kernel(
         hit = hit & rmask
       cm_ref[cols] = jnp.max(hit.astype(jnp.int32), axis=0).astype(jnp.int8)
 
+  if xo_ref is not None:
+    # The outlier columns are gathered first: this load depends on nothing else in the program, so
+    # it overlaps the row block's loads instead of adding a round trip after the quantization.
+    c = idx_ref.shape[0]
+    valid_c = jnp.arange(c) < cnt_ref[0]  # [C]
+    idx = jnp.where(valid_c, idx_ref[...], 0)
+    gmask = jnp.broadcast_to(valid_c[None, :], (bm, c))
+    if ragged:
+      gmask = gmask & rmask
+    xg = plgpu.load(x_ref.at[jnp.arange(bm)[:, None], idx[None, :]], mask=gmask, other=0)  # [bm, C]
+
   zero = jnp.zeros((bm,), jnp.float32)
-  unroll = chunks is not None
-  if unroll:
+  if one_pass:
     loaded = [load(start, size) for start, size in chunks]
     ss, amax = zero, zero
     for chunk in loaded:
       ss, amax = stats(chunk, ss, amax)
   else:
-    ss, amax = jax.lax.fori_loop(0, nk, lambda i, c: stats(load(i * bk, bk), *c), (zero, zero))
+    ss, amax = jax.lax.fori_loop(
+        0, n_main, lambda i, c: stats(load(pl.multiple_of(i * bk, bk), bk), *c), (zero, zero))
+    for start, size in tail:
+      ss, amax = stats(load(start, size), ss, amax)
   if nw_ref is not None:
     r = jax.lax.rsqrt(ss / k + eps)  # [bm]
     amax = amax * r
@@ -158,23 +181,19 @@ def _quantize_kernel(
     plgpu.store(s_ref.at[:], amax / 127.0, mask=rows < m)
   else:
     s_ref[...] = amax / 127.0
-  if unroll:
+  if one_pass:
     for (start, size), chunk in zip(chunks, loaded):
       quant(start, size, chunk, r, inv)
   else:
     def body(i, carry):
-      quant(i * bk, bk, load(i * bk, bk), r, inv)
+      start = pl.multiple_of(i * bk, bk)
+      quant(start, bk, load(start, bk), r, inv)
       return carry
-    jax.lax.fori_loop(0, nk, body, 0)
+    jax.lax.fori_loop(0, n_main, body, 0)
+    for start, size in tail:
+      quant(start, size, load(start, size), r, inv)
 
   if xo_ref is not None:
-    c = idx_ref.shape[0]
-    valid_c = jnp.arange(c) < cnt_ref[0]  # [C]
-    idx = jnp.where(valid_c, idx_ref[...], 0)
-    gmask = jnp.broadcast_to(valid_c[None, :], (bm, c))
-    if ragged:
-      gmask = gmask & rmask
-    xg = plgpu.load(x_ref.at[jnp.arange(bm)[:, None], idx[None, :]], mask=gmask, other=0)
     xg = xg.astype(jnp.float32)  # [bm, C]
     if nw_ref is not None:
       xg = xg * nw_ref[idx].astype(jnp.float32)[None, :]
@@ -239,11 +258,11 @@ def quantize_act(
   c = outlier_idx.shape[0]
   cfg = config or select_config("quantize_act", m, 0, k)
   bm = min(cfg.block_m, _shapes.next_pow2(m))
-  bk = _shapes.pow2_divisor(k, cfg.block_k)
   chunks = k_chunks(k, cfg.block_k)
-  # The row block (unrolled path) or chunk (loop path) lives in registers: keep it to <= ~64
-  # float32 values per thread.
-  held = bm * (k if chunks is not None else bk)
+  one_pass = single_pass(k, cfg)
+  # The row block (one pass) or chunk (two passes) lives in registers: keep it to <= ~64 float32
+  # values per thread.
+  held = bm * (k if one_pass else chunks[0][1])
   num_warps = max(cfg.num_warps, min(16, _shapes.next_pow2(-(-held // (32 * 64)))))
   nb = pl.cdiv(m, bm)
   count = jnp.reshape(outlier_count, (1,)).astype(jnp.int32)
@@ -289,7 +308,7 @@ def quantize_act(
     xo_ref = refs.pop(0) if has_c else None
     cm_ref = refs.pop(0) if detect_columns else None
     _quantize_kernel(x_ref, om_ref, nw_ref, cs_ref, idx_ref, cnt_ref, q_ref, s_ref, xo_ref, cm_ref,
-                     m=m, bm=bm, k=k, bk=bk, chunks=chunks, eps=eps, threshold=threshold)
+                     m=m, bm=bm, k=k, chunks=chunks, one_pass=one_pass, eps=eps, threshold=threshold)
 
   outs = pl.pallas_call(
       kernel,

@@ -1,18 +1,33 @@
 """Tuned kernel configs; regenerate with `python bench/gemm.py --tune`.
 
-Tuned on NVIDIA H100 80GB HBM3, jax 0.11.2, 2026-11-25 (w8a8 M>=256 and w8a8o16 M>=1024 with
-an earlier, dispatch-bound timing loop: their large-M times were GPU-bound, so the choice holds).
-Keys: "kernel|gpu|M bucket|N|K" ("*" = default for the bucket)."""
+Keys: "kernel|gpu|M bucket|N|K" ("*" = default for the bucket). PROVENANCE says where and
+when each "kernel|gpu" group was last swept."""
+
+PROVENANCE: dict[str, str] = {
+    'quantize_act|h100': 'NVIDIA H100 80GB HBM3, jax 0.11.2, 2026-11-25 (before KernelConfig.passes: one pass up to 16 K chunks)',
+    'quantize_act|h200': 'NVIDIA H200, jax 0.11.2, 2026-12-05T19:44:23+00:00',
+    'w8a16|h100': 'NVIDIA H100 80GB HBM3, jax 0.11.2, 2026-11-25',
+    'w8a8o16|h100': 'NVIDIA H100 80GB HBM3, jax 0.11.2, 2026-11-25 (M>=1024 with an earlier, dispatch-bound timing loop; large-M times were GPU-bound, so the choice holds)',
+    'w8a8|h100': 'NVIDIA H100 80GB HBM3, jax 0.11.2, 2026-11-25 (M>=256 with an earlier, dispatch-bound timing loop; large-M times were GPU-bound, so the choice holds)',
+}
 
 TABLE: dict[str, dict] = {
     'quantize_act|h100|1024|*|*': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
-    'quantize_act|h100|1024|0|4096': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
     'quantize_act|h100|1024|0|11008': {'block_m': 1, 'block_n': 16, 'block_k': 1024, 'num_warps': 4, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
     'quantize_act|h100|1024|0|28672': {'block_m': 1, 'block_n': 16, 'block_k': 1024, 'num_warps': 4, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
+    'quantize_act|h100|1024|0|4096': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
     'quantize_act|h100|4096|*|*': {'block_m': 2, 'block_n': 16, 'block_k': 1024, 'num_warps': 4, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
-    'quantize_act|h100|4096|0|4096': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
     'quantize_act|h100|4096|0|11008': {'block_m': 1, 'block_n': 16, 'block_k': 512, 'num_warps': 2, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
     'quantize_act|h100|4096|0|28672': {'block_m': 2, 'block_n': 16, 'block_k': 1024, 'num_warps': 4, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
+    'quantize_act|h100|4096|0|4096': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
+    'quantize_act|h200|1024|*|*': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 2},
+    'quantize_act|h200|1024|0|11008': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 4, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 2},
+    'quantize_act|h200|1024|0|28672': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 2},
+    'quantize_act|h200|1024|0|4096': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 4, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 1},
+    'quantize_act|h200|4096|*|*': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 2},
+    'quantize_act|h200|4096|0|11008': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 2},
+    'quantize_act|h200|4096|0|28672': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 2},
+    'quantize_act|h200|4096|0|4096': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 4, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 1},
     'w8a16|h100|16|*|*': {'block_m': 16, 'block_n': 32, 'block_k': 256, 'num_warps': 4, 'num_stages': 4, 'group_m': 8, 'split_k': 2},
     'w8a16|h100|16|1024|8192': {'block_m': 16, 'block_n': 64, 'block_k': 256, 'num_warps': 4, 'num_stages': 4, 'group_m': 8, 'split_k': 4},
     'w8a16|h100|16|11008|4096': {'block_m': 16, 'block_n': 32, 'block_k': 256, 'num_warps': 4, 'num_stages': 4, 'group_m': 8, 'split_k': 1},

@@ -21,3 +21,20 @@ def test_select_falls_back_to_default():
     select_config("w4a4", 1, 16, 16)
   with pytest.raises(ValueError, match="block_n=48"):
     KernelConfig(block_n=48)
+
+
+def test_quantize_act_takes_the_nearest_tuned_bucket(monkeypatch):
+  a = {"block_m": 1, "block_k": 2048, "num_warps": 8, "num_stages": 1, "passes": 2}
+  b = {"block_m": 2, "block_k": 1024, "num_warps": 4, "num_stages": 1, "passes": 1}
+  monkeypatch.setattr(tuned_table, "TABLE", {"quantize_act|gx|1024|0|11008": a,
+                                             "quantize_act|gx|4096|0|11008": b,
+                                             "w8a8|gx|1024|4096|11008": {"block_m": 128}})
+  pick = lambda kernel, m, n=0: select_config(kernel, m, n, 11008, gpu="gx")
+  assert pick("quantize_act", 1024) == KernelConfig(**a)
+  assert pick("quantize_act", 2048) == KernelConfig(**b)  # tie between 1024 and 4096: the larger
+  assert pick("quantize_act", 512) == KernelConfig(**a)
+  assert pick("quantize_act", 9000) == KernelConfig(**b)
+  assert pick("quantize_act", 1024 + 1, n=0) == KernelConfig(**b)  # bucket 2048 again
+  assert select_config("quantize_act", 2048, 0, 4096, gpu="gx") == configs.default_config("quantize_act", 2048)
+  # GEMM tiles depend on M: an untuned bucket keeps the hand default
+  assert pick("w8a8", 2048, n=4096) == configs.default_config("w8a8", 2048)

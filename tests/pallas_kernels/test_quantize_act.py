@@ -5,7 +5,7 @@ import pytest
 
 from mixq_jax.pallas_kernels import (KernelConfig, outlier_flag, outlier_mask_from_idx,
                                      quantize_act, quantize_act_reference)
-from mixq_jax.pallas_kernels.quantize_act import MAX_UNROLL, k_chunks
+from mixq_jax.pallas_kernels.quantize_act import MAX_UNROLL, k_chunks, single_pass
 from kernel_testutil import INTERPRET, keys
 
 SMALL = KernelConfig(block_m=4, block_k=32, num_warps=4, num_stages=1)
@@ -134,23 +134,34 @@ def test_errors():
 @pytest.mark.parametrize("block_k", [32, 512, 2048])
 def test_k_chunks_tile_k_with_powers_of_two(k, block_k):
   chunks = k_chunks(k, block_k)
-  if chunks is None:  # the two-pass loop: only when the unrolled split would exceed MAX_UNROLL chunks
-    assert k // block_k + bin(k % block_k).count("1") > MAX_UNROLL
-    return
-  assert len(chunks) <= MAX_UNROLL and chunks[0][0] == 0 and sum(s for _, s in chunks) == k
+  assert chunks[0][0] == 0 and sum(s for _, s in chunks) == k
   for (a, sa), (b, _) in zip(chunks, chunks[1:]):
     assert a + sa == b
   assert all(s <= block_k and s & (s - 1) == 0 and a % s == 0 for a, s in chunks)
+  bk = chunks[0][1]
+  assert bk == min(block_k, 1 << (k.bit_length() - 1))
+  n_main = sum(s == bk for _, s in chunks)
+  assert [s for _, s in chunks[:n_main]] == [bk] * (k // bk)  # the loop part: equal chunks first
+  tail = [s for _, s in chunks[n_main:]]
+  assert tail == sorted(set(tail), reverse=True) and sum(tail) == k % bk  # then distinct, decreasing
+  one = KernelConfig(block_k=block_k, num_stages=1)
+  assert single_pass(k, one) == (len(chunks) <= MAX_UNROLL)
+  assert not single_pass(k, KernelConfig(block_k=block_k, num_stages=1, passes=2))
 
 
-@pytest.mark.parametrize("block_k", [128, 32])  # 688 = 5 x 128 + 32 + 16 (unrolled); 22 chunks of 32 (loop)
-@pytest.mark.parametrize("m", [1, 5])
-def test_quantize_act_k_not_a_multiple_of_block_k(block_k, m):
+@pytest.mark.parametrize("block_k,passes", [(128, 1), (128, 2), (32, 1)])  # 688 = 5 x 128 + 32 + 16;
+@pytest.mark.parametrize("m", [1, 5])                                       # 21 x 32 + 16 is 22 chunks
+def test_quantize_act_k_not_a_multiple_of_block_k(block_k, passes, m):
   x, idx, cnt, nw = _inputs(m, 688, 8, 6)
-  cfg = KernelConfig(block_m=4, block_k=block_k, num_warps=4, num_stages=1)
-  assert (k_chunks(688, block_k) is None) == (block_k == 32)
+  cfg = KernelConfig(block_m=4, block_k=block_k, num_warps=4, num_stages=1, passes=passes)
+  assert single_pass(688, cfg) == (block_k == 128 and passes == 1)
   got = quantize_act(x, idx, cnt, nw, detect_columns=True, interpret=INTERPRET, config=cfg)
   _compare(got, quantize_act_reference(x, idx, cnt, nw, detect_columns=True))
+
+
+def test_kernel_config_rejects_bad_passes():
+  with pytest.raises(ValueError, match="passes=3"):
+    KernelConfig(passes=3)
 
 
 def test_reference_takes_the_cached_mask():

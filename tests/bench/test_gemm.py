@@ -1,0 +1,52 @@
+"""bench/gemm.py on the CPU: the tuned-table writer and the quantize_act timing setup."""
+
+import importlib.util
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench"))
+
+import gemm  # noqa: E402
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location("table_under_test", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_write_table_keeps_other_groups_provenance(tmp_path, monkeypatch):
+  out = tmp_path / "tuned_table.py"
+  monkeypatch.setenv("TUNED_TABLE_OUT", str(out))
+  from mixq_jax.pallas_kernels import tuned_table
+  table = dict(tuned_table.TABLE)
+  table["quantize_act|h900|4096|0|4096"] = {"block_m": 1, "block_k": 1024, "passes": 2}
+  info = {"device": "Test GPU", "jax": "9.9", "date": "2030-01-01"}
+  gemm.write_table(table, info, ["quantize_act|h900"])
+  got = _load(out)
+  assert got.TABLE == table
+  assert got.PROVENANCE["quantize_act|h900"] == "Test GPU, jax 9.9, 2030-01-01"
+  for group, line in tuned_table.PROVENANCE.items():
+    assert got.PROVENANCE[group] == line
+
+
+def test_quantize_act_timing_ignores_the_gemm_n(monkeypatch):
+  """quantize_act times x [M, K] alone: the GEMM shape's N used to size its repetitions as if it ran
+  a 2MNK-flop GEMM, so one jitted call held a handful of ~25 us kernels and the dispatch doubled
+  the time per call (bench/h100_2026-12-05c/quantize_act.json; fixed 2026-12-05)."""
+  seen = []
+
+  def fake_time_call(fn, sets, samples=25, loops=None, t_est=None):
+    seen.append((len(sets), t_est))
+    return 1e-6
+
+  monkeypatch.setattr(gemm, "time_call", fake_time_call)
+  monkeypatch.setattr(gemm, "make_sets", lambda kind, m, n, k, r: [None] * r)
+  monkeypatch.setattr(gemm, "check", lambda kind, fn, ref, args: 0.0)
+  m, k = 4096, 4096  # where a 4096-wide GEMM's flops would dominate the estimate
+  for n in (0, 4096):
+    gemm.run_one("quantize_act", m, n, k)
+  assert seen[0] == seen[1]
+  assert seen[0][1] == gemm.est_seconds(m, 0, k, gemm.moved_bytes("quantize_act", m, 0, k))
+  assert seen[0][0] >= 8  # enough ~20 us kernels per jitted call to amortize the dispatch
