@@ -31,10 +31,10 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from mixq_jax.pallas_kernels import _shapes, tuned_table
-from mixq_jax.pallas_kernels._triton import compiler_params, plgpu
+from mixq_jax.pallas_kernels._triton import plgpu
 from mixq_jax.pallas_kernels.configs import KernelConfig, gpu_name, m_bucket, table_key
 from mixq_jax.pallas_kernels.int4_pack import HALF, PACK_BLOCK, unpack_halves
-from mixq_jax.pallas_kernels.w8a8_matmul import _NT, _tile_ids
+from mixq_jax.pallas_kernels.w8a8_matmul import _NT, _tile_ids, outlier_operands, tiled_pallas_call
 
 KERNELS4 = ("w4a16", "w4a8", "w4a8g", "w4a4o16", "mx")
 
@@ -245,41 +245,16 @@ def w4_matmul(x, w_q, *, plan: _Plan, kernel: str, s_x=None, m_x=None, scale=Non
     in_specs.append(pl.BlockSpec((bn,), col))
     args.append(bias)
   if plan.has_outliers:
-    c = x_o.shape[1]
-    cp = max(16, _shapes.next_pow2(c))  # dot needs a power-of-two K >= 16; zero padding adds 0
-    if cp != c:
-      x_o = jnp.pad(x_o, ((0, 0), (0, cp - c)))
-      w_o = jnp.pad(w_o, ((0, 0), (0, cp - c)))
-    in_specs += [pl.BlockSpec((bm, cp), lambda i, *_: (ids(i)[0], 0)),
-                 pl.BlockSpec((bn, cp), lambda i, *_: (ids(i)[1], 0)),
-                 pl.BlockSpec((1,), lambda i, *_: (0,))]
-    args += [x_o, w_o, jnp.reshape(count, (1,)).astype(jnp.int32)]
+    o_specs, o_args = outlier_operands(x_o, w_o, count, bm, bn, ids)
+    in_specs += o_specs
+    args += o_args
 
   kern = functools.partial(_w4_kernel, plan=plan, m=m, bm=bm, nb=nb, u=u, num_m=num_m,
                            num_n=num_n, group_m=cfg.group_m, split_k=split_k,
                            blocks_per_group=blocks_per_group, dequant=dequant)
-  if split_k > 1:
-    out_specs = pl.BlockSpec((None, bm, bn), lambda i, s: (s, *ids(i)))
-    out_shape = jax.ShapeDtypeStruct((split_k, m, n), jnp.float32)
-  else:
-    out_specs = pl.BlockSpec((bm, bn), lambda i, *_: ids(i))
-    out_shape = jax.ShapeDtypeStruct((m, n), out_dtype)
-  out = pl.pallas_call(
-      kern,
-      grid=(num_m * num_n, split_k) if split_k > 1 else (num_m * num_n,),
-      in_specs=in_specs,
-      out_specs=out_specs,
-      out_shape=out_shape,
-      compiler_params=compiler_params(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
-      interpret=interpret,
-      name=f"{kernel}_matmul",
-  )(*args)
-  if split_k > 1:  # one small XLA fusion: sum of the float32 partials, bias, cast
-    y = jnp.sum(out, axis=0)
-    if bias is not None:
-      y = y + bias.astype(jnp.float32)[None, :]
-    out = y.astype(out_dtype)
-  return out
+  return tiled_pallas_call(kern, in_specs, args, ids=ids, m=m, n=n, bm=bm, bn=bn,
+                           num_tiles=num_m * num_n, split_k=split_k, out_dtype=out_dtype, cfg=cfg,
+                           interpret=interpret, name=f"{kernel}_matmul", bias=bias)
 
 
 def check_packed_w(w_q, n_expected=None):

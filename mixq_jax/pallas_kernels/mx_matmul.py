@@ -32,13 +32,14 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from mixq_jax.pallas_kernels import _shapes, w4_hopper, xla_matmuls
+from mixq_jax.pallas_kernels import _shapes, xla_matmuls
 from mixq_jax.pallas_kernels._triton import compiler_params
 from mixq_jax.pallas_kernels._w4_common import select_config
 from mixq_jax.pallas_kernels.configs import KernelConfig
 from mixq_jax.pallas_kernels.int4_pack import HALF, PACK_BLOCK, unpack_halves
 from mixq_jax.pallas_kernels.mx import BLOCK, MXWeights, dequantize_act, dequantize_weight
 from mixq_jax.pallas_kernels.w8a8_matmul import _NT, _tile_ids
+from mixq_jax.pallas_kernels.w8a8_matmul_hopper import on_hopper
 
 
 def _pow2(s):
@@ -194,7 +195,7 @@ def mx_matmul(
 ) -> jax.Array:  # [M, N] out_dtype
   """Pallas MXFP8 x MXFP4(/MXFP6) GEMM with E8M0 block scales applied per 32-wide K step."""
   m, n, k4p, k6p = _check(x_e, x_s, w)
-  if use_fp8 is None and m >= XLA_MIN_M and w4_hopper.on_hopper(interpret, config):
+  if use_fp8 is None and m >= XLA_MIN_M and on_hopper(interpret, config):
     return xla_matmuls.mx_matmul_xla(x_e, x_s, w, out_dtype=out_dtype)
   use_fp8 = _default_use_fp8() if use_fp8 is None else use_fp8
   cfg = config or select_config("mx", m, n, k4p + k6p)

@@ -148,17 +148,6 @@ def _quantize_kernel(
         hit = hit & rmask
       cm_ref[cols] = jnp.max(hit.astype(jnp.int32), axis=0).astype(jnp.int8)
 
-  if xo_ref is not None:
-    # The outlier columns are gathered first: this load depends on nothing else in the program, so
-    # it overlaps the row block's loads instead of adding a round trip after the quantization.
-    c = idx_ref.shape[0]
-    valid_c = jnp.arange(c) < cnt_ref[0]  # [C]
-    idx = jnp.where(valid_c, idx_ref[...], 0)
-    gmask = jnp.broadcast_to(valid_c[None, :], (bm, c))
-    if ragged:
-      gmask = gmask & rmask
-    xg = plgpu.load(x_ref.at[jnp.arange(bm)[:, None], idx[None, :]], mask=gmask, other=0)  # [bm, C]
-
   zero = jnp.zeros((bm,), jnp.float32)
   if one_pass:
     loaded = [load(start, size) for start, size in chunks]
@@ -193,6 +182,14 @@ def _quantize_kernel(
     for start, size in tail:
       quant(start, size, load(start, size), r, inv)
 
+  if xo_ref is not None:
+    c = idx_ref.shape[0]
+    valid_c = jnp.arange(c) < cnt_ref[0]  # [C]
+    idx = jnp.where(valid_c, idx_ref[...], 0)
+    gmask = jnp.broadcast_to(valid_c[None, :], (bm, c))
+    if ragged:
+      gmask = gmask & rmask
+    xg = plgpu.load(x_ref.at[jnp.arange(bm)[:, None], idx[None, :]], mask=gmask, other=0)  # [bm, C]
   if xo_ref is not None:
     xg = xg.astype(jnp.float32)  # [bm, C]
     if nw_ref is not None:

@@ -42,8 +42,3 @@ def w4a4o16(x_q, s_x, w_q, s_w, x_o, w_o, count, bias, m_x, wsum, *, out_dtype, 
                                        config=config, interpret=interpret, num_sms=num_sms)
 
 
-def on_hopper(interpret: bool, config) -> bool:
-  """Whether a wrapper may leave its Triton kernel: a native sm_90 call without an explicit config."""
-  return not interpret and config is None and _hopper.is_hopper()
-
-

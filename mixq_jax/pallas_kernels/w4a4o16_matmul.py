@@ -24,7 +24,9 @@ from mixq_jax.pallas_kernels import _shapes, w4_hopper
 from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, w4_matmul
 from mixq_jax.pallas_kernels.configs import KernelConfig
 from mixq_jax.pallas_kernels.int4_pack import unpack_int4
-from mixq_jax.pallas_kernels.w8a8_matmul import _NT, _check_outliers, hopper_config
+from mixq_jax.pallas_kernels.w8a8_matmul import (_NT, _check_outliers, dequant_epilogue, hopper_config,
+                                                 outlier_product_reference)
+from mixq_jax.pallas_kernels.w8a8_matmul_hopper import on_hopper
 
 _STATIC = ("out_dtype", "interpret", "config")
 
@@ -75,7 +77,7 @@ def w4a4o16_matmul(
   W8A8O16 kernel (w4_hopper.py)."""
   m, n, kp = _check(x_q, s_x, w_q, s_w, m_x, wsum, bias)
   c = _check_outliers(x_o, w_o, outlier_count, m, n)
-  if w4_hopper.on_hopper(interpret, config):
+  if on_hopper(interpret, config):
     hcfg = hopper_config(m, n, kp, interpret, config, outlier_columns=c, out_dtype=out_dtype,
                          bias=bias is not None, rank1=m_x is not None)
     if hcfg is not None and c > 0:
@@ -94,16 +96,10 @@ def w4a4o16_matmul_reference(x_q, s_x, w_q, s_w, x_o, w_o, outlier_count, bias=N
   """Plain-jnp w4a4o16_matmul (exact int32 accumulate, same float32 epilogue order)."""
   del interpret, config
   m, n, _ = _check(x_q, s_x, w_q, s_w, m_x, wsum, bias)
-  c = _check_outliers(x_o, w_o, outlier_count, m, n)
+  _check_outliers(x_o, w_o, outlier_count, m, n)
   acc = jax.lax.dot_general(unpack_int4(x_q), unpack_int4(w_q), _NT,
                             preferred_element_type=jnp.int32)
-  y = acc.astype(jnp.float32) * s_x[:, None] * s_w[None, :]
-  if m_x is not None:
-    y = y + m_x[:, None] * (s_w * wsum.astype(jnp.float32))[None, :]
-  valid = (jnp.arange(c) < outlier_count)[None, :]
-  xo = jnp.where(valid, x_o, 0).astype(jnp.float32)
-  wo = jnp.where(valid, w_o, 0).astype(jnp.float32)
-  y = y + jax.lax.dot_general(xo, wo, _NT, precision=jax.lax.Precision.HIGHEST)
-  if bias is not None:
-    y = y + bias.astype(jnp.float32)[None, :]
-  return y.astype(out_dtype)
+  extra = [outlier_product_reference(x_o, w_o, outlier_count)]
+  if m_x is not None:  # QUIK's zero-point term
+    extra.insert(0, m_x[:, None] * (s_w * wsum.astype(jnp.float32))[None, :])
+  return dequant_epilogue(acc, s_x, s_w, bias, out_dtype, extra)

@@ -21,7 +21,8 @@ from mixq_jax.pallas_kernels import _shapes, w4_hopper, xla_matmuls
 from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, pad_x, w4_matmul
 from mixq_jax.pallas_kernels.configs import KernelConfig
 from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, unpack_int4
-from mixq_jax.pallas_kernels.w8a8_matmul import _NT, hopper_config
+from mixq_jax.pallas_kernels.w8a8_matmul import _NT, dequant_epilogue, hopper_config
+from mixq_jax.pallas_kernels.w8a8_matmul_hopper import on_hopper
 
 _STATIC = ("out_dtype", "interpret", "config")
 
@@ -51,13 +52,6 @@ def _check(x_q, s_x, w_q, s_w, bias, s_g=None):
   return m, n, kp
 
 
-def _epilogue(acc, s_x, s_w, bias, out_dtype):
-  y = acc.astype(jnp.float32) * s_x[:, None] * s_w[None, :]
-  if bias is not None:
-    y = y + bias.astype(jnp.float32)[None, :]
-  return y.astype(out_dtype)
-
-
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def w4a8_matmul(
     x_q: jax.Array,  # [M, K] int8 per-token
@@ -76,7 +70,7 @@ def w4a8_matmul(
   On sm_90 (no explicit config) one-token products run XLA's program (XLA_MAX_M), and
   from M = 1024 the weights are unpacked to int8 for the Mosaic GPU W8A8 kernel (w4_hopper.py)."""
   m, n, kp = _check(x_q, s_x, w_q, s_w, bias, s_g)
-  if w4_hopper.on_hopper(interpret, config):
+  if on_hopper(interpret, config):
     if m <= XLA_MAX_M:
       return xla_matmuls.w4a8_matmul_xla(x_q, s_x, w_q, s_w, bias, s_g, out_dtype=out_dtype)
     hcfg = hopper_config(m, n, kp, interpret, config, out_dtype=out_dtype, bias=bias is not None)
@@ -99,4 +93,4 @@ def w4a8_matmul_reference(x_q, s_x, w_q, s_w, bias=None, s_g=None, *, out_dtype=
   if s_g is not None:
     w8 = (w8.reshape(n, -1, PACK_BLOCK) * s_g[:, :, None]).reshape(n, kp)
   acc = jax.lax.dot_general(pad_x(x_q, kp, "x_q"), w8, _NT, preferred_element_type=jnp.int32)
-  return _epilogue(acc, s_x, s_w, bias, out_dtype)
+  return dequant_epilogue(acc, s_x, s_w, bias, out_dtype)

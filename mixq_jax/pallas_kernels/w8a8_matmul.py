@@ -34,6 +34,51 @@ def _tile_ids(i, num_m, num_n, group_m):
   return pid_m, pid_n
 
 
+def outlier_operands(x_o, w_o, count, bm, bn, ids):
+  """BlockSpecs and arguments of the 16-bit outlier operands of a tiled GEMM kernel: x_o [M, C] and
+  w_o [N, C] zero-padded to a power-of-two C >= 16 (what a Triton dot takes; zeros add 0), count [1]."""
+  c = x_o.shape[1]
+  cp = max(16, _shapes.next_pow2(c))
+  if cp != c:
+    x_o = jnp.pad(x_o, ((0, 0), (0, cp - c)))
+    w_o = jnp.pad(w_o, ((0, 0), (0, cp - c)))
+  in_specs = [pl.BlockSpec((bm, cp), lambda i, *_: (ids(i)[0], 0)),
+              pl.BlockSpec((bn, cp), lambda i, *_: (ids(i)[1], 0)),
+              pl.BlockSpec((1,), lambda i, *_: (0,))]
+  return in_specs, [x_o, w_o, jnp.reshape(count, (1,)).astype(jnp.int32)]
+
+
+def tiled_pallas_call(kernel_fn, in_specs, args, *, ids, m, n, bm, bn, num_tiles, split_k, out_dtype,
+                      cfg, interpret, name, partial_scale=None, bias=None):
+  """The pallas_call of a tiled GEMM over `num_tiles` output tiles in `ids` order. With split_k > 1,
+  each tile's K slices write float32 partials [S, M, N], which one small XLA fusion sums, scales by
+  `partial_scale` [N] (if given), adds `bias` to and casts."""
+  if split_k > 1:
+    out_specs = pl.BlockSpec((None, bm, bn), lambda i, s: (s, *ids(i)))
+    out_shape = jax.ShapeDtypeStruct((split_k, m, n), jnp.float32)
+  else:
+    out_specs = pl.BlockSpec((bm, bn), lambda i, *_: ids(i))
+    out_shape = jax.ShapeDtypeStruct((m, n), out_dtype)
+  out = pl.pallas_call(
+      kernel_fn,
+      grid=(num_tiles, split_k) if split_k > 1 else (num_tiles,),
+      in_specs=in_specs,
+      out_specs=out_specs,
+      out_shape=out_shape,
+      compiler_params=compiler_params(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+      interpret=interpret,
+      name=name,
+  )(*args)
+  if split_k > 1:
+    y = jnp.sum(out, axis=0)
+    if partial_scale is not None:
+      y = y * partial_scale[None, :]
+    if bias is not None:
+      y = y + bias.astype(jnp.float32)[None, :]
+    out = y.astype(out_dtype)
+  return out
+
+
 def _mm_kernel(
     x_ref,   # [bm, K] int8 (w8a8) or 16-bit (w8a16)
     sx_ref,  # [bm] float32, or None
@@ -129,15 +174,9 @@ def fused_matmul(x, s_x, w, s_w, bias, x_o, w_o, count, *, kernel, out_dtype, in
     in_specs.append(pl.BlockSpec((bn,), col))
     args.append(bias)
   if x_o is not None:
-    c = x_o.shape[1]
-    cp = max(16, _shapes.next_pow2(c))  # dot needs a power-of-two K >= 16; zero padding adds 0
-    if cp != c:
-      x_o = jnp.pad(x_o, ((0, 0), (0, cp - c)))
-      w_o = jnp.pad(w_o, ((0, 0), (0, cp - c)))
-    in_specs += [pl.BlockSpec((bm, cp), lambda i, *_: (ids(i)[0], 0)),
-                 pl.BlockSpec((bn, cp), lambda i, *_: (ids(i)[1], 0)),
-                 pl.BlockSpec((1,), lambda i, *_: (0,))]
-    args += [x_o, w_o, jnp.reshape(count, (1,)).astype(jnp.int32)]
+    o_specs, o_args = outlier_operands(x_o, w_o, count, bm, bn, ids)
+    in_specs += o_specs
+    args += o_args
   has_sx, has_b, has_o = s_x is not None, bias is not None, x_o is not None
 
   def kernel_fn(*refs):
@@ -151,28 +190,9 @@ def fused_matmul(x, s_x, w, s_w, bias, x_o, w_o, count, *, kernel, out_dtype, in
                m=m, bm=bm, bk=bk, nk=k // bk // split_k, num_m=num_m, num_n=num_n,
                group_m=cfg.group_m, int8_act=int8_act, split_k=split_k)
 
-  if split_k > 1:
-    out_specs = pl.BlockSpec((None, bm, bn), lambda i, s: (s, *ids(i)))
-    out_shape = jax.ShapeDtypeStruct((split_k, m, n), jnp.float32)
-  else:
-    out_specs = pl.BlockSpec((bm, bn), lambda i, *_: ids(i))
-    out_shape = jax.ShapeDtypeStruct((m, n), out_dtype)
-  out = pl.pallas_call(
-      kernel_fn,
-      grid=(num_m * num_n, split_k) if split_k > 1 else (num_m * num_n,),
-      in_specs=in_specs,
-      out_specs=out_specs,
-      out_shape=out_shape,
-      compiler_params=compiler_params(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
-      interpret=interpret,
-      name=f"{kernel}_matmul",
-  )(*args)
-  if split_k > 1:  # one small XLA fusion: sum of partials, scale, bias, cast
-    y = jnp.sum(out, axis=0) * s_w[None, :]
-    if bias is not None:
-      y = y + bias.astype(jnp.float32)[None, :]
-    out = y.astype(out_dtype)
-  return out
+  return tiled_pallas_call(kernel_fn, in_specs, args, ids=ids, m=m, n=n, bm=bm, bn=bn,
+                           num_tiles=num_m * num_n, split_k=split_k, out_dtype=out_dtype, cfg=cfg,
+                           interpret=interpret, name=f"{kernel}_matmul", partial_scale=s_w, bias=bias)
 
 
 def _check(x_q, s_x, w_q, s_w, bias):
@@ -246,6 +266,26 @@ def w8a8_matmul(
                       out_dtype=out_dtype, interpret=interpret, config=config)
 
 
+def dequant_epilogue(acc, s_x, s_w, bias=None, out_dtype=jnp.bfloat16, extra=()):
+  """The int8 family's reference epilogue: y = acc s_x[m] s_w[n] (+ each of extra, in order) (+ bias),
+  in float32, then out_dtype. acc [M, N] int32; extra: float32 [M, N] terms (the outlier product,
+  QUIK's rank-1 zero-point term)."""
+  y = acc.astype(jnp.float32) * s_x[:, None] * s_w[None, :]
+  for term in extra:
+    y = y + term
+  if bias is not None:
+    y = y + bias.astype(jnp.float32)[None, :]
+  return y.astype(out_dtype)
+
+
+def outlier_product_reference(x_o, w_o, outlier_count):
+  """x_o [M, C] @ w_o[N, C].T in float32 (HIGHEST), outlier slots >= count ignored: [M, N]."""
+  valid = (jnp.arange(x_o.shape[1]) < outlier_count)[None, :]
+  xo = jnp.where(valid, x_o, 0).astype(jnp.float32)
+  wo = jnp.where(valid, w_o, 0).astype(jnp.float32)
+  return jax.lax.dot_general(xo, wo, _NT, precision=jax.lax.Precision.HIGHEST)
+
+
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def w8a8_matmul_reference(x_q, s_x, w_q, s_w, bias=None, *, out_dtype=jnp.bfloat16,
                           interpret=False, config=None):
@@ -253,10 +293,7 @@ def w8a8_matmul_reference(x_q, s_x, w_q, s_w, bias=None, *, out_dtype=jnp.bfloat
   del interpret, config
   _check(x_q, s_x, w_q, s_w, bias)
   acc = jax.lax.dot_general(x_q, w_q, _NT, preferred_element_type=jnp.int32)
-  y = acc.astype(jnp.float32) * s_x[:, None] * s_w[None, :]
-  if bias is not None:
-    y = y + bias.astype(jnp.float32)[None, :]
-  return y.astype(out_dtype)
+  return dequant_epilogue(acc, s_x, s_w, bias, out_dtype)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -294,13 +331,6 @@ def w8a8o16_matmul_reference(x_q, s_x, w_q, s_w, x_o, w_o, outlier_count, bias=N
   """Plain-jnp w8a8o16_matmul."""
   del interpret, config
   m, n, _ = _check(x_q, s_x, w_q, s_w, bias)
-  c = _check_outliers(x_o, w_o, outlier_count, m, n)
+  _check_outliers(x_o, w_o, outlier_count, m, n)
   acc = jax.lax.dot_general(x_q, w_q, _NT, preferred_element_type=jnp.int32)
-  y = acc.astype(jnp.float32) * s_x[:, None] * s_w[None, :]
-  valid = (jnp.arange(c) < outlier_count)[None, :]
-  xo = jnp.where(valid, x_o, 0).astype(jnp.float32)
-  wo = jnp.where(valid, w_o, 0).astype(jnp.float32)
-  y = y + jax.lax.dot_general(xo, wo, _NT, precision=jax.lax.Precision.HIGHEST)
-  if bias is not None:
-    y = y + bias.astype(jnp.float32)[None, :]
-  return y.astype(out_dtype)
+  return dequant_epilogue(acc, s_x, s_w, bias, out_dtype, [outlier_product_reference(x_o, w_o, outlier_count)])

@@ -224,6 +224,11 @@ def is_hopper() -> bool:
   return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")) in ("9.0", "9.0a")
 
 
+def on_hopper(interpret: bool, config) -> bool:
+  """Whether a wrapper may leave its Triton kernel: a native sm_90 call without an explicit config."""
+  return not interpret and config is None and is_hopper()
+
+
 def device_sm_count() -> int:
   """Streaming multiprocessors of the default device (132 on an H100 SXM)."""
   dev = jax.devices()[0]

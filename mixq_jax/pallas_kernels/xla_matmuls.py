@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from mixq_jax.pallas_kernels.int4_pack import HALF, PACK_BLOCK
 from mixq_jax.pallas_kernels.mx import BLOCK, MXWeights
-from mixq_jax.pallas_kernels.w8a8_matmul import _NT
+from mixq_jax.pallas_kernels.w8a8_matmul import _NT, dequant_epilogue
 
 _STATIC = ("out_dtype",)
 
@@ -61,10 +61,7 @@ def w4a8_matmul_xla(x_q, s_x, w_q, s_w, bias=None, s_g=None, *, out_dtype=jnp.bf
   if s_g is not None:
     w8 = (w8.reshape(n, kp // PACK_BLOCK, PACK_BLOCK) * s_g[:, :, None]).reshape(n, kp)
   acc = jax.lax.dot_general(permute_x(x_q, kp), w8, _NT, preferred_element_type=jnp.int32)  # [M, N]
-  y = acc.astype(jnp.float32) * s_x[:, None] * s_w[None, :]
-  if bias is not None:
-    y = y + bias.astype(jnp.float32)[None, :]
-  return y.astype(out_dtype)
+  return dequant_epilogue(acc, s_x, s_w, bias, out_dtype)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
