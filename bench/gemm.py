@@ -2,13 +2,15 @@
 
     python bench/gemm.py [--models 7b,70b,extra] [--ms 1,16,64,256,1024,4096] [--json OUT]
     python bench/gemm.py --tune [--json OUT]        # rewrites mixq_jax/pallas_kernels/tuned_table.py
+    python bench/gemm.py --models 7b --ms 1024,4096 --kernels quantize_act,quantize_act_xla --device-time
 
 For each linear shape (N, K) and M it times, in the same run: XLA bf16 `x @ w.T`; XLA's own int8
 dot (both operands K-major, int32 out) followed by the same dequant epilogue; the Pallas kernels
 w8a8, w8a8o16 (128 outlier columns), w8a16; and quantize_act on x [M, K]. Every output is checked
 against its reference. Timing: R distinct input sets (rotated so they do not all sit in L2) are run
 by one jitted call (dispatch amortized over R kernels); that call is issued 3 times per sample and
-the median over >= 20 samples is reported per kernel call.
+the median over >= 20 samples is reported per kernel call. `--device-time` adds each kernel's device
+time from a profiler trace (no dispatch, no loop), to show what the harness adds.
 """
 
 import argparse
@@ -116,6 +118,22 @@ def time_call_unrolled(fn, sets, samples=10):
     jax.block_until_ready(multi(sets))
     per.append((time.perf_counter() - t0) / len(sets))
   return statistics.median(per)
+
+
+def device_time(fn, sets, reps=3):
+  """Seconds of device time per call of `fn(*s)` from a profiler trace of the sets unrolled in one jit
+  (every kernel of the program, summed: `bench/trace_summary.py`'s busy time). Unlike `time_call` it
+  leaves out dispatch and the timing loop's carry, so next to it it shows what the harness adds."""
+  import tempfile  # noqa: PLC0415
+  import trace_summary  # noqa: PLC0415 -- bench/ is on sys.path when this file runs
+  multi = jax.jit(lambda ss: [fn(*s) for s in ss])
+  jax.block_until_ready(multi(sets))
+  with tempfile.TemporaryDirectory() as d:
+    with jax.profiler.trace(d, create_perfetto_trace=True):
+      for _ in range(reps):
+        jax.block_until_ready(multi(sets))
+    busy = trace_summary.summarize(d, top=1)["busy_us"]
+  return busy * 1e-6 / (reps * len(sets))
 
 
 def max_rel_err(y, ref):
@@ -231,9 +249,14 @@ def check(kind, fn, ref, args):
   return max_rel_err(y, r)
 
 
+DEVICE_TIME = False  # --device-time: run_one also traces each kernel (device_time), stored in LAST_DEVICE_S
+LAST_DEVICE_S = float("nan")
+
+
 def run_one(kind, m, n, k, config=None, samples=25):
   """(seconds per call, max_rel_err, config dict) for one kernel at one shape. Kinds ending in
   "_triton" get an explicit KernelConfig, which keeps the Triton kernel on sm_90 too."""
+  global LAST_DEVICE_S
   if kind.endswith("_triton") and config is None:
     config = configs.select_config(kind.removesuffix("_triton"), m, n, k)
   fn, ref = kernel_fn(kind, config)
@@ -244,6 +267,7 @@ def run_one(kind, m, n, k, config=None, samples=25):
   sets = make_sets(kind, m, n, k, r)
   err = check(kind, fn, ref, sets[0])
   t = time_call(fn, sets, samples, t_est=t_est)
+  LAST_DEVICE_S = device_time(fn, sets) if DEVICE_TIME else float("nan")
   del sets
   cfg = None
   base = kind.removesuffix("_triton")
@@ -306,7 +330,7 @@ def bench(args):
         flush=True)
   shapes = [(f"{mdl}/{name}", nk) for mdl in args.models for name, nk in SHAPES[mdl].items()]
   kinds = [k for k in args.kernels if k != "bf16"]
-  records, rows = [], []
+  records, rows, dev_rows = [], [], []
   done_q = set()
   walls = {}
   v = jnp.ones((16,), jnp.float32)
@@ -341,12 +365,17 @@ def bench(args):
         continue
       rec = dict(kernel=kind, M=m, N=n, K=k, shape=label, time_us=t * 1e6,
                  bf16_time_us=t_bf16 * 1e6, speedup=t_bf16 / t, max_rel_err=err, config=cfg)
+      if DEVICE_TIME:
+        rec["device_us"] = LAST_DEVICE_S * 1e6
+        dev_rows.append((label, m, kind, t * 1e6, LAST_DEVICE_S * 1e6))
       if kind in QA_KINDS:
         rec["gbps"] = moved_bytes(kind, m, n, k) / t / 1e9
         rec["frac_copy_bw"] = moved_bytes(kind, m, n, k) / t / bw
         rec["N"] = 0
+        row[kind] = (t * 1e6, rec["frac_copy_bw"], err, "%")  # bandwidth is its measure
+      else:
+        row[kind] = (t * 1e6, t_bf16 / t, err)
       records.append(rec)
-      row[kind] = (t * 1e6, t_bf16 / t, err)
     rows.append(row)
     print(fmt_row(row, kinds), flush=True)
     if args.json:  # keep partial results if the run is cut off
@@ -355,6 +384,11 @@ def bench(args):
   print("wall seconds per kernel kind (compile + check + timing):",
         {k: round(v, 1) for k, v in walls.items()})
   print_table(rows, kinds, info, bw, fl)
+  if dev_rows:
+    print("\n# device time per call from a profiler trace (no dispatch, no timing loop) next to the table's time")
+    print(f"{'shape':<18} {'M':>5} {'kernel':<18} {'table_us':>9} {'device_us':>9}")
+    for label, m, kind, t_us, d_us in dev_rows:
+      print(f"{label:<18} {m:>5} {kind:<18} {t_us:>9.1f} {d_us:>9.1f}")
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"env": info, "copy_bw_Bps": bw, "bf16_flops": fl, "records": records}, f, indent=1)
@@ -364,9 +398,12 @@ def fmt_row(row, kinds):
   s = f"{row['shape']:<18} {row['M']:>5} {row['N']:>6} {row['K']:>6} {row['bf16']:>9.1f}"
   for kind in kinds:
     if kind in row:
-      t, sp, err = row[kind]
+      t, sp, err, *unit = row[kind]
       flag = "" if err < 2e-2 else "!"
-      s += f" {t:>9.1f} {sp:>5.2f}x{flag}"
+      if unit:  # quantize_act: share of the measured copy bandwidth
+        s += f" {t:>9.1f} {100 * sp:>5.0f}%{flag}"
+      else:
+        s += f" {t:>9.1f} {sp:>5.2f}x{flag}"
     else:
       s += f" {'-':>9} {'-':>6}"
   return s
@@ -376,7 +413,8 @@ def print_table(rows, kinds, info, bw=None, fl=None):
   """The final table of a run (bench/gemm.py, gemm4.py, gemm_hopper.py): one row per (shape, M)."""
   extra = f"  copy {bw / 1e12:.2f} TB/s  bf16 {fl / 1e12:.0f} TFLOP/s" if bw and fl else ""
   print(f"\n# {info['device']}  jax {info['jax']}  {info['date']}{extra}")
-  print("# time_us and speedup over XLA bf16 (same run); '!' = max_rel_err >= 2e-2")
+  print("# time_us and speedup over XLA bf16 (same run), or for quantize_act the share of the copy "
+        "bandwidth (x read once + outputs written once); '!' = max_rel_err >= 2e-2")
   hdr = f"{'shape':<18} {'M':>5} {'N':>6} {'K':>6} {'bf16_us':>9}"
   for kind in kinds:
     hdr += f" {kind[:9]:>9} {'x':>6}"
@@ -520,7 +558,12 @@ def main():
                       "quantize_act_reference, the bandwidth baseline for the kernel)")
   p.add_argument("--json", default=None, help="write records here")
   p.add_argument("--tune-shapes", default=None, help="NxK,NxK,... shapes to tune on")
+  p.add_argument("--device-time", action="store_true",
+                 help="also trace each kernel with the profiler and report its device time per call "
+                      "(JSON device_us, and a table after the main one): what the timing harness adds")
   args = p.parse_args()
+  global DEVICE_TIME
+  DEVICE_TIME = args.device_time
   args.models = args.models.split(",")
   args.ms = [int(v) for v in args.ms.split(",")]
   args.kernels = args.kernels.split(",")

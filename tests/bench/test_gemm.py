@@ -50,3 +50,25 @@ def test_quantize_act_timing_ignores_the_gemm_n(monkeypatch):
   assert seen[0] == seen[1]
   assert seen[0][1] == gemm.est_seconds(m, 0, k, gemm.moved_bytes("quantize_act", m, 0, k))
   assert seen[0][0] >= 8  # enough ~20 us kernels per jitted call to amortize the dispatch
+
+
+def test_device_time_of_a_small_program():
+  import jax.numpy as jnp
+  sets = [(jnp.ones((64, 64), jnp.float32) * i,) for i in range(2)]
+  t = gemm.device_time(lambda a: jnp.tanh(a @ a), sets, reps=1)
+  assert 0 < t < 1.0
+
+
+def test_run_one_reports_device_time(monkeypatch):
+  monkeypatch.setattr(gemm, "DEVICE_TIME", True)
+  monkeypatch.setattr(gemm, "SAMPLES", 1)
+  t, err, cfg = gemm.run_one("quantize_act", 16, 0, 256)
+  assert t > 0 and err < 2e-2 and cfg["passes"] in (1, 2)
+  assert 0 < gemm.LAST_DEVICE_S < 10.0
+
+
+def test_table_row_shows_quantize_act_as_share_of_copy_bandwidth():
+  row = {"shape": "7b/down", "M": 4096, "N": 0, "K": 11008, "bf16": float("nan"),
+         "quantize_act": (78.4, 0.57, 0.0, "%"), "w8a8": (10.0, 1.5, 0.0)}
+  line = gemm.fmt_row(row, ["quantize_act", "w8a8"])
+  assert "57%" in line and "1.50x" in line
