@@ -189,8 +189,7 @@ def _quantize_kernel(
     gmask = jnp.broadcast_to(valid_c[None, :], (bm, c))
     if ragged:
       gmask = gmask & rmask
-    xg = plgpu.load(x_ref.at[jnp.arange(bm)[:, None], idx[None, :]], mask=gmask, other=0)  # [bm, C]
-  if xo_ref is not None:
+    xg = plgpu.load(x_ref.at[jnp.arange(bm)[:, None], idx[None, :]], mask=gmask, other=0)
     xg = xg.astype(jnp.float32)  # [bm, C]
     if nw_ref is not None:
       xg = xg * nw_ref[idx].astype(jnp.float32)[None, :]

@@ -40,5 +40,3 @@ def w4a4o16(x_q, s_x, w_q, s_w, x_o, w_o, count, bias, m_x, wsum, *, out_dtype, 
   uv = (None, None) if m_x is None else (m_x, s_w * wsum.astype(jnp.float32))  # QUIK: + m_x (s_w wsum)
   return _hopper.w8a8o16_matmul_hopper(x8, s_x, w8, s_w, x_o, w_o, count, bias, *uv, out_dtype=out_dtype,
                                        config=config, interpret=interpret, num_sms=num_sms)
-
-

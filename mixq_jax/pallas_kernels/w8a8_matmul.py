@@ -267,7 +267,7 @@ def w8a8_matmul(
 
 
 def dequant_epilogue(acc, s_x, s_w, bias=None, out_dtype=jnp.bfloat16, extra=()):
-  """The int8 family's reference epilogue: y = acc s_x[m] s_w[n] (+ each of extra, in order) (+ bias),
+  """The int8 family's epilogue in XLA (references, xla_matmuls): y = acc s_x[m] s_w[n] (+ each of extra, in order) (+ bias),
   in float32, then out_dtype. acc [M, N] int32; extra: float32 [M, N] terms (the outlier product,
   QUIK's rank-1 zero-point term)."""
   y = acc.astype(jnp.float32) * s_x[:, None] * s_w[None, :]
@@ -333,4 +333,5 @@ def w8a8o16_matmul_reference(x_q, s_x, w_q, s_w, x_o, w_o, outlier_count, bias=N
   m, n, _ = _check(x_q, s_x, w_q, s_w, bias)
   _check_outliers(x_o, w_o, outlier_count, m, n)
   acc = jax.lax.dot_general(x_q, w_q, _NT, preferred_element_type=jnp.int32)
-  return dequant_epilogue(acc, s_x, s_w, bias, out_dtype, [outlier_product_reference(x_o, w_o, outlier_count)])
+  outliers = outlier_product_reference(x_o, w_o, outlier_count)
+  return dequant_epilogue(acc, s_x, s_w, bias, out_dtype, [outliers])
