@@ -531,6 +531,7 @@ def write_table(table, info, tuned=()):
   prov = dict(getattr(tuned_table, "PROVENANCE", {}))
   for group in tuned:
     prov[group] = f"{info['device']}, jax {info['jax']}, {info['date']}"
+  tuned_table.PROVENANCE = prov  # a later write in this process keeps these lines
   lines = ['"""Tuned kernel configs; regenerate with `python bench/gemm.py --tune`.',
            "",
            'Keys: "kernel|gpu|M bucket|N|K" ("*" = default for the bucket). PROVENANCE says where and',

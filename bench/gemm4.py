@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
 import pathlib
 import sys
 import time
@@ -144,6 +145,59 @@ def run_one(kind, m, n, k, samples, config=None):
   return gemm.time_call(fn, sets, samples, t_est=t_est), err
 
 
+# Decode (M <= 16) candidates per kernel: (block_m, block_n, block_k, warps, stages, split_k). At M <= 16 a
+# kernel streams the weights once, so what matters is how many programs share that stream (N / block_n x
+# split_k, against 132 SMs) and how many bytes each loop step moves; split-K partials cost one small XLA sum.
+TUNE_CANDIDATES = {
+    "w4a16": [(16, 64, 256, 4, 4, 4), (16, 64, 256, 4, 4, 8), (16, 32, 256, 4, 4, 4), (16, 64, 512, 4, 3, 2),
+              (16, 128, 256, 4, 4, 8)],
+    "w4a8": [(16, 32, 512, 4, 4, 1), (16, 32, 256, 4, 4, 1), (16, 32, 256, 4, 4, 2), (16, 64, 256, 4, 4, 2),
+             (16, 32, 256, 4, 4, 4)],
+    "w4a8g": [(16, 32, 1024, 4, 3, 1), (16, 32, 512, 4, 4, 1), (16, 32, 512, 4, 4, 2), (16, 32, 256, 4, 4, 4)],
+}
+
+
+def tune(a):
+  """Sweep TUNE_CANDIDATES at each (kernel, shape, M <= 16); the fastest correct config per shape and the
+  best geometric mean over the shapes (the bucket default) go into tuned_table.py (gemm.write_table)."""
+  from mixq_jax.pallas_kernels import tuned_table  # noqa: PLC0415
+  info = gemm.env_info()
+  print(json.dumps(info), flush=True)
+  gpu, merged, log = configs.gpu_name(), dict(tuned_table.TABLE), []
+  keep = None if a.shapes is None else a.shapes.split(",")
+  shapes = [gemm.SHAPES[mdl][nm] for mdl in a.models.split(",") for nm in gemm.SHAPES[mdl] if keep is None or nm in keep]
+  for kind in a.kernels.split(","):
+    if kind not in TUNE_CANDIDATES:
+      print(f"{kind}: no decode candidates, skipped", flush=True)
+      continue
+    for m in [int(v) for v in a.ms.split(",") if int(v) <= 16]:
+      best, scores = {}, {}
+      for (n, k), cand in itertools.product(shapes, TUNE_CANDIDATES[kind]):
+        cfg = KernelConfig(block_m=cand[0], block_n=cand[1], block_k=cand[2], num_warps=cand[3],
+                           num_stages=cand[4], split_k=cand[5])
+        try:
+          t, err = run_one(kind, m, n, k, a.samples, cfg)
+        except Exception as e:  # report, keep going
+          print(f"  {kind} M={m} {n}x{k} {cand}: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
+          continue
+        log.append(dict(kernel=kind, M=m, N=n, K=k, config=cfg.to_dict(), time_us=t * 1e6, max_rel_err=err))
+        print(f"  {kind} M={m} {n}x{k} {cand}: {t * 1e6:.1f} us err={err:.1e}", flush=True)
+        if err < 2e-2:
+          key = configs.table_key(kind, gpu, configs.m_bucket(m), n, k)
+          if key not in best or t < best[key][0]:
+            best[key] = (t, cfg)
+          scores.setdefault(cfg, []).append(math.log(t))
+      full = {c: v for c, v in scores.items() if len(v) == len(shapes)}
+      if full:
+        default = min(full, key=lambda c: sum(full[c]))
+        best[configs.table_key(kind, gpu, configs.m_bucket(m), "*", "*")] = (0.0, default)
+        print(f"{kind} M={m}: bucket default {default}", flush=True)
+      merged.update({key: v[1].to_dict() for key, v in best.items()})
+      gemm.write_table(merged, info, [f"{kind}|{gpu}"])  # after every kernel, so a cut-off run keeps it
+  if a.json:
+    pathlib.Path(a.json).write_text(json.dumps({"env": info, "tune_log": log, "table": merged}, indent=1))
+
+
 def parse_configs(text):
   """"BM,BN,BK,WARPS,STAGES[,SPLIT_K];..." -> [KernelConfig]."""
   out = []
@@ -172,7 +226,12 @@ def main():
                       "Columns are named kernel@BMxBNxBKwWsS[kSPLIT]")
   p.add_argument("--json", default=None, help="write one record per kernel x shape here (after every kernel, so a "
                                               "cut-off run keeps what it timed)")
+  p.add_argument("--tune", action="store_true",
+                 help="sweep the decode configs (TUNE_CANDIDATES, M <= 16) of w4a16, w4a8, w4a8g on --models / "
+                      "--shapes and rewrite mixq_jax/pallas_kernels/tuned_table.py with the fastest per shape")
   a = p.parse_args()
+  if a.tune:
+    return tune(a)
   kinds = a.kernels.split(",")
   extra = parse_configs(a.configs)
   info = gemm.env_info()

@@ -38,22 +38,36 @@ from mixq_jax.pallas_kernels.w8a8_matmul import _NT, _tile_ids, outlier_operands
 
 KERNELS4 = ("w4a16", "w4a8", "w4a8g", "w4a4o16", "mx")
 
+# Small-M w4a16: int4 -> 16-bit float by the magic-number trick on 32-bit words (`_magic_block`)
+# instead of byte unpack + integer -> float conversion. Module flag for same-run A/B timing.
+MAGIC = True
+# w4a8: unpack int4 -> int8 four values per 32-bit operation (`_word_unpack_block`): per-channel as
+# q + 8 in [0, 15], with 8 * sum_k x_q subtracted once per row; g128 as q * s_g directly. Module flag
+# for same-run A/B timing.
+WORD_UNPACK = True
+# (bits of 16.0, first mantissa bit worth 1 at that exponent): 16.0 with q in mantissa bits
+# [pos, pos + 4) is exactly 16 + q. 16 is the smallest offset with a 4-bit q of step 1 (bf16 has 7
+# mantissa bits, fp16 10), and a small offset keeps the MMA's float32 sums of x (16 + q) close in
+# size to those of x q (the offset returns through the zero point).
+_MAGIC = {jnp.dtype(jnp.bfloat16): (0x4180, 3), jnp.dtype(jnp.float16): (0x4C00, 6)}
+MAGIC_OFFSET = 16.0
+
 
 def default_config(kernel: str, m: int) -> KernelConfig:
   """Starting points before tuning (block_k is a multiple of the 128-column pack block)."""
   mb = m_bucket(m)
-  if mb <= 16:  # decode: weight bytes dominate; narrow N tiles so every SM streams weights
+  if mb <= 16:  # decode: weight bytes dominate; narrow N tiles and K slices so every SM streams weights
+    # The tuned table's bucket defaults (`python bench/gemm4.py --tune`, H100, 2026-12-05, after the
+    # word-wise unpacks): the best geometric mean over 7B qkvo / down and 70B q_o / down at M = 16.
     if kernel == "w4a16":
-      # 64 x 512 tiles, 3 stages, split-K 2, with the per-group row sums from XLA: 41.7 us, 1.42x
-      # bf16 at 70B q_o; in the same run 32 x 1024 split-K 2 gave 1.13x and 32 x 512 1.25x
-      # (H100, 2026-12-05, bench/h100_2026-12-05b/g4_m16.json); block_k 256 with in-kernel row sums
-      # was 0.76x.
-      return KernelConfig(block_m=16, block_n=64, block_k=512, num_warps=4, num_stages=3, split_k=2)
-    if kernel == "w4a8g":  # 45.1 us (1.32x) at 70B q_o against 51.2 us (1.16x) at block_k 256 (same run)
-      return KernelConfig(block_m=16, block_n=32, block_k=1024, num_warps=4, num_stages=3)
-    # block_k 256 / 4 stages: w4a8 ran 33.8 us (1.76x) at 70B q_o, block_k 1024 / 3 stages 34.7 us
-    # (1.71x) (H100, 2026-12-05, bench/h100_2026-12-05b/g4_m16.json); mx at block_k 1024 unrolls 32
-    # scale blocks per step, compiled for 113 s and ran 0.38x against 0.49x at block_k 256.
+      return KernelConfig(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=4, split_k=4)
+    if kernel == "w4a8":
+      return KernelConfig(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=4, split_k=2)
+    if kernel == "w4a8g":
+      return KernelConfig(block_m=16, block_n=32, block_k=256, num_warps=4, num_stages=4, split_k=4)
+    # w4a4o16 (no split-K with outliers) and mx: block_k 256 / 4 stages; mx at block_k 1024 unrolls
+    # 32 scale blocks per step, compiled for 113 s and ran 0.38x bf16 against 0.49x at block_k 256
+    # (H100, 2026-12-05, bench/h100_2026-12-05b/g4_m16.json).
     return KernelConfig(block_m=16, block_n=32, block_k=256, num_warps=4, num_stages=4)
   if mb <= 64:  # mx unrolls block_k / 128 pack blocks per step: at 512 it spilled 544 B per thread
     return KernelConfig(block_m=mb, block_n=64, block_k=256 if kernel == "mx" else 512, num_warps=4, num_stages=3)
@@ -87,11 +101,82 @@ class _Plan:
   has_outliers: bool
 
 
+def _magic_block(w_ref, load_x, b, dtype):
+  """One pack block of the 16-bit product, int4 -> float by bit operations on 32-bit words.
+
+  w_ref is the packed weight as uint32 [bn, Kp/8]: word j of block b is bytes 4j..4j+3 (byte i
+  holds k = 128b + i and 128b + 64 + i, `int4_pack`). Each nibble q, OR-ed under the exponent bits
+  of 16.0 (bf16 or fp16, `_MAGIC`), is exactly the float 16 + q, so one shift and one mask-and-OR
+  per word make two of them, and no integer -> float conversion runs. The caller removes the
+  offset with the zero point (z + 16). A 2-way stack (Triton join) and a reshape lay the two values
+  of a word side by side along K, the pair one 16-bit MMA operand register holds; each nibble
+  position t = 0..3 of the words feeds one K = 32 dot, against x in that order (`magic_x_order`).
+  Returns x . (16 + q) [bm, bn] f32.
+  """
+  bits, pos = _MAGIC[jnp.dtype(dtype)]
+  p = w_ref[:, pl.ds(b * (HALF // 4), HALF // 4)]  # [bn, 16] uint32
+  d = None
+  for t in range(4):  # nibble position t = 2 byte + a: byte within the half word, a = low / high nibble
+    sh = 4 * t - pos  # move nibble t to mantissa bits [pos, pos + 4) of both half words
+    q = jnp.right_shift(p, jnp.uint32(sh)) if sh > 0 else jnp.left_shift(p, jnp.uint32(-sh))
+    q2 = q & jnp.uint32((0xF << pos) * 0x10001) | jnp.uint32(bits * 0x10001)  # two 16-bit floats
+    lo = (q2 & jnp.uint32(0xFFFF)).astype(jnp.uint16)
+    hi = jnp.right_shift(q2, jnp.uint32(16)).astype(jnp.uint16)
+    w = jnp.stack([lo, hi], axis=-1).reshape(p.shape[0], HALF // 2)  # [bn, 32]: column 2 j + h
+    dt = jax.lax.dot_general(load_x(b * PACK_BLOCK + t * (HALF // 2), HALF // 2),
+                             jax.lax.bitcast_convert_type(w, dtype), _NT, preferred_element_type=jnp.float32)
+    d = dt if d is None else d + dt
+  return d
+
+
+def _word_unpack_block(w_ref, load_x, b, sg=None):
+  """One pack block of signed int4 as two int8 dots, unpacked four values per 32-bit operation.
+
+  w_ref is the packed weight as uint32 [bn, Kp/8]; word j of block b is bytes 4j..4j+3, whose low
+  nibbles are k = 128b + 4j + i and high nibbles k = 128b + 64 + 4j + i (i = byte, little end
+  first), so the bytes land in K order with no shuffle. A two's-complement nibble v XOR 8 is
+  u = q + 8 in [0, 15]: one mask-and-XOR per word and half.
+  sg None (per-channel): the bytes are u; the caller subtracts 8 sum_k x[m, k].
+  sg [bn, 1] (QQQ g128, s_g in [1, 15]): one multiply-add per word, u s_g + (128 - 8 s_g) per byte,
+  lies in [8, 248] (no carry between bytes) and is q s_g + 128, so XOR 0x80 leaves the exact int8
+  q s_g in every byte.
+  Returns x . (q + 8) or x . (q s_g) [bm, bn] int32, exact.
+  """
+  p = w_ref[:, pl.ds(b * (HALF // 4), HALF // 4)]  # [bn, 16] uint32
+  if sg is not None:
+    sg = sg.astype(jnp.uint32)
+    bias = (jnp.uint32(128) - jnp.uint32(8) * sg) * jnp.uint32(0x01010101)  # [bn, 1]
+  d = None
+  for t in range(2):
+    u = (jnp.right_shift(p, jnp.uint32(4)) if t else p) & jnp.uint32(0x0F0F0F0F) ^ jnp.uint32(0x08080808)
+    if sg is not None:
+      u = (u * sg + bias) ^ jnp.uint32(0x80808080)
+    byte = [(jnp.right_shift(u, jnp.uint32(8 * i)) & jnp.uint32(0xFF)).astype(jnp.int8) for i in range(4)]
+    # [bn, 16, 2, 2]: element [j, e, p] = byte 2 e + p (2-way stacks only, as Triton's join)
+    q = jnp.stack([jnp.stack(byte[0::2], axis=-1), jnp.stack(byte[1::2], axis=-1)], axis=-1)
+    q = q.reshape(p.shape[0], HALF)  # [bn, 64]
+    dt = jax.lax.dot_general(load_x(b * PACK_BLOCK + t * HALF, HALF), q, _NT,
+                             preferred_element_type=jnp.int32)
+    d = dt if d is None else d + dt
+  return d
+
+
+def magic_x_order(x):
+  """x [M, Kp] -> the same values with each 128-block in `_magic_block`'s order.
+
+  Block column k = 64 a + 4 j + 2 h + byte (a = low / high nibble, j = word, h = half word) moves
+  to 32 (2 byte + a) + 2 j + h.
+  """
+  m, kp = x.shape
+  return x.reshape(m, kp // PACK_BLOCK, 2, HALF // 4, 2, 2).transpose(0, 1, 5, 2, 3, 4).reshape(m, kp)
+
+
 def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks_per_group,
-               dequant):
+               dequant, magic, words):
   refs = list(refs)
   x_ref = refs.pop(0)                                # [bm, Kp] or [bm, Kp/2]
   sx_ref = refs.pop(0) if plan.has_sx else None      # [bm] f32
+  x8_ref = refs.pop(0) if words == "sym" else None  # [bm] int32: 8 sum_k x_q over this K slice
   xsum_ref = refs.pop(0) if plan.wmode == "asym" and not dequant else None  # [bm, G] f32
   mx_ref = refs.pop(0) if plan.has_zp else None      # [bm] f32
   w_ref = refs.pop(0)                                # [bn, Kp/2] packed
@@ -108,7 +193,9 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
   assert not refs
 
   pid_m, _ = _tile_ids(pl.program_id(0), num_m, num_n, group_m)
-  b0 = pl.program_id(1) * (nb // split_k) if split_k > 1 else 0  # first pack block of the slice
+  steps = nb // u  # loop steps over all of K; a K slice has `per`, the last one maybe fewer
+  per = pl.cdiv(steps, split_k)
+  s0 = pl.program_id(1) * per if split_k > 1 else 0  # first step of this program's slice
   ragged = m % bm != 0
   rmask = ((pid_m * bm + jnp.arange(bm)) < m)[:, None] if ragged else None  # [bm, 1]
 
@@ -118,7 +205,23 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
       return plgpu.load(x_ref.at[:, cols], mask=rmask, other=0)
     return x_ref[:, cols]
 
+  def group_terms(b):  # this block's group: zero point and scale, [1, bn] f32 each
+    g = pl.ds(b // blocks_per_group, 1)
+    return z_ref[g, :].astype(jnp.float32), s_ref[g, :].astype(jnp.float32), g
+
+  def xsum_of(g):  # [bm, 1]
+    if ragged:
+      return plgpu.load(xsum_ref.at[:, g], mask=rmask, other=0)
+    return xsum_ref[:, g]
+
   def block(b, acc):  # one pack block of 128 columns
+    if words:  # "sym": x . (q + 8), corrected after the loop; "qqq": x . (q s_g)
+      sg = sg_ref[:, pl.ds(b // blocks_per_group, 1)] if words == "qqq" else None  # [bn, 1] int8
+      return acc + _word_unpack_block(w_ref, load_x, b, sg)
+    if magic:  # d = x . (16 + q): the offset joins the zero point
+      z, s, g = group_terms(b)
+      d = _magic_block(w_ref, load_x, b, x_ref.dtype)
+      return acc + (d - xsum_of(g) * (z + MAGIC_OFFSET)) * s
     lo, hi = unpack_halves(w_ref[:, pl.ds(b * HALF, HALF)])  # [bn, 64] int8 each
     if plan.xmode == "packed":
       x_lo, x_hi = unpack_halves(load_x(b * HALF, HALF))     # [bm, 64] int8 each
@@ -128,9 +231,7 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
       sg = sg_ref[:, pl.ds(b // blocks_per_group, 1)]  # [bn, 1] int8; |q4 * sg| <= 120: exact
       lo, hi = lo * sg, hi * sg
     if plan.xmode == "f16":
-      g = pl.ds(b // blocks_per_group, 1)
-      z = z_ref[g, :].astype(jnp.float32)  # [1, bn]
-      s = s_ref[g, :].astype(jnp.float32)  # [1, bn]
+      z, s, g = group_terms(b)
       if dequant:  # W = (q - z) s in registers, in-place MMA accumulation
         bn = lo.shape[0]
         zc, sc = jnp.reshape(z, (bn, 1)), jnp.reshape(s, (bn, 1))
@@ -141,23 +242,23 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
       d = (jax.lax.dot_general(x_lo, lo.astype(x_lo.dtype), _NT, preferred_element_type=jnp.float32)
            + jax.lax.dot_general(x_hi, hi.astype(x_hi.dtype), _NT,
                                  preferred_element_type=jnp.float32))
-      # This block's group: acc += s * (x.q - xsum * z).
-      if ragged:
-        xs = plgpu.load(xsum_ref.at[:, g], mask=rmask, other=0)  # [bm, 1]
-      else:
-        xs = xsum_ref[:, g]
-      return acc + (d - xs * z) * s
+      return acc + (d - xsum_of(g) * z) * s  # this block's group: acc += s * (x.q - xsum * z)
     return (acc + jax.lax.dot_general(x_lo, lo, _NT, preferred_element_type=jnp.int32)
             + jax.lax.dot_general(x_hi, hi, _NT, preferred_element_type=jnp.int32))
 
   def body(i, acc):
+    step = s0 + i
+    if steps % split_k:  # uneven slices: the last one repeats its final step and drops it
+      step = jnp.minimum(step, steps - 1)
+    new = acc
     for j in range(u):  # u pack blocks per loop step (block_k = 128 u)
-      acc = block(b0 + i * u + j, acc)
-    return acc
+      new = block(step * u + j, new)
+    return jnp.where(s0 + i < steps, new, acc) if steps % split_k else new
 
   acc_t = jnp.float32 if plan.xmode == "f16" else jnp.int32
-  acc = jax.lax.fori_loop(0, nb // split_k // u, body,
-                          jnp.zeros((bm, w_ref.shape[0]), acc_t))
+  acc = jax.lax.fori_loop(0, per, body, jnp.zeros((bm, w_ref.shape[0]), acc_t))
+  if words == "sym":  # x . (q + 8) - 8 sum x: exact in int32
+    acc = acc - (plgpu.load(x8_ref.at[:], mask=rmask[:, 0], other=0) if ragged else x8_ref[...])[:, None]
   y = acc.astype(jnp.float32)
 
   def store(v):
@@ -166,7 +267,7 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
     else:
       o_ref[...] = v
 
-  if split_k > 1:  # scales are per group (already applied); bias is added in the wrapper
+  if split_k > 1:  # group scales are applied; the wrapper sums, applies s_x, s_w and adds the bias
     store(y)
     return
   if plan.has_sx:
@@ -204,9 +305,9 @@ def w4_matmul(x, w_q, *, plan: _Plan, kernel: str, s_x=None, m_x=None, scale=Non
   bm = max(16, min(cfg.block_m, _shapes.next_pow2(m)))
   bn = _shapes.pow2_divisor(n, cfg.block_n)
   u = max(1, _shapes.pow2_divisor(nb, max(1, cfg.block_k // PACK_BLOCK)))
-  split_k = cfg.split_k if plan.wmode == "asym" and not plan.has_outliers else 1
-  while split_k > 1 and (nb // u) % split_k:
-    split_k //= 2
+  # K slices write float32 partials that XLA sums and scales: the integer plans' partial sums
+  # stay exact (|x q| sums over a slice < 2^24); not with outliers or QUIK's zero point
+  split_k = min(cfg.split_k, nb // u) if not (plan.has_outliers or plan.has_zp) else 1
   num_m, num_n = pl.cdiv(m, bm), n // bn
   g = scale.shape[0] if scale is not None else (s_g.shape[1] if s_g is not None else nb)
   blocks_per_group = nb // g
@@ -219,6 +320,12 @@ def w4_matmul(x, w_q, *, plan: _Plan, kernel: str, s_x=None, m_x=None, scale=Non
   if plan.has_sx:
     in_specs.append(pl.BlockSpec((bm,), row))
     args.append(s_x)
+  words = plan.wmode if WORD_UNPACK and plan.xmode == "int8" and plan.wmode in ("sym", "qqq") else None
+  if words == "sym":  # 8 sum_k x_q over each K slice [S, M] int32, one XLA fusion
+    kslice = pl.cdiv(nb // u, split_k) * u * PACK_BLOCK
+    xs = jnp.pad(x.astype(jnp.int32), ((0, 0), (0, split_k * kslice - kp)))
+    in_specs.append(pl.BlockSpec((None, bm), lambda i, *r: (r[0] if r else 0, ids(i)[0])))
+    args.append(8 * jnp.sum(xs.reshape(m, split_k, kslice), axis=2).T)
   dequant = plan.wmode == "asym" and bm >= 64
   if plan.wmode == "asym" and not dequant:  # per-group row sums of x [M, G], one XLA fusion
     xsum = jnp.sum(x.astype(jnp.float32).reshape(m, g, -1), axis=2)
@@ -227,8 +334,18 @@ def w4_matmul(x, w_q, *, plan: _Plan, kernel: str, s_x=None, m_x=None, scale=Non
   if plan.has_zp:
     in_specs.append(pl.BlockSpec((bm,), row))
     args.append(m_x)
-  in_specs.append(pl.BlockSpec((bn, kh), lambda i, *_: (ids(i)[1], 0)))
-  args.append(w_q)
+  magic = (MAGIC and plan.xmode == "f16" and plan.wmode == "asym" and not dequant
+           and jnp.dtype(x.dtype) in _MAGIC)
+  if words:  # the same bytes as uint32 words (a bitcast, no copy)
+    in_specs.append(pl.BlockSpec((bn, kh // 4), lambda i, *_: (ids(i)[1], 0)))
+    args.append(jax.lax.bitcast_convert_type(w_q.reshape(n, kh // 4, 4), jnp.uint32))
+  elif magic:  # the same bytes as uint32 words (a bitcast, no copy); x in the kernel's K order
+    args[0] = magic_x_order(x)
+    in_specs.append(pl.BlockSpec((bn, kh // 4), lambda i, *_: (ids(i)[1], 0)))
+    args.append(jax.lax.bitcast_convert_type(w_q.reshape(n, kh // 4, 4), jnp.uint32))
+  else:
+    in_specs.append(pl.BlockSpec((bn, kh), lambda i, *_: (ids(i)[1], 0)))
+    args.append(w_q)
   if plan.wmode == "asym":
     in_specs += [pl.BlockSpec((g, bn), lambda i, *_: (0, ids(i)[1]))] * 2
     args += [scale, zero]
@@ -251,10 +368,13 @@ def w4_matmul(x, w_q, *, plan: _Plan, kernel: str, s_x=None, m_x=None, scale=Non
 
   kern = functools.partial(_w4_kernel, plan=plan, m=m, bm=bm, nb=nb, u=u, num_m=num_m,
                            num_n=num_n, group_m=cfg.group_m, split_k=split_k,
-                           blocks_per_group=blocks_per_group, dequant=dequant)
+                           blocks_per_group=blocks_per_group, dequant=dequant, magic=magic,
+                           words=words)
   return tiled_pallas_call(kern, in_specs, args, ids=ids, m=m, n=n, bm=bm, bn=bn,
                            num_tiles=num_m * num_n, split_k=split_k, out_dtype=out_dtype, cfg=cfg,
-                           interpret=interpret, name=f"{kernel}_matmul", bias=bias)
+                           interpret=interpret, name=f"{kernel}_matmul", bias=bias,
+                           row_scale=s_x if plan.has_sx else None,
+                           partial_scale=s_w if plan.has_sw else None)
 
 
 def check_packed_w(w_q, n_expected=None):

@@ -26,12 +26,14 @@ from mixq_jax.pallas_kernels.w8a8_matmul_hopper import on_hopper
 
 _STATIC = ("out_dtype", "interpret", "config")
 
-# On sm_90 (without an explicit config), products of at most this many tokens run XLA's int8 dot
-# with the int4 -> int8 convert fused (xla_matmuls.w4a8_matmul_xla). Measured on an H100 at M = 1:
-# per-channel 2.13x bf16 on 8192 x 8192 and 1.73x on 4096 x 4096, against 1.68x / 1.38x for this
-# kernel; g128 1.28x / 1.35x against 1.27x / 0.92x. At M = 16 the kernel wins (per-channel 1.74x /
-# 1.55x against 1.51x / 1.33x; g128 0.48x for XLA). BENCHMARKS.md, issue 8.
+# On sm_90 (without an explicit config), g128 products of at most this many tokens run XLA's int8
+# dot with the int4 -> int8 convert fused (xla_matmuls.w4a8_matmul_xla): at M = 1 it ran 1.28x /
+# 1.35x bf16 on 8192 x 8192 / 4096 x 4096 against 1.27x / 0.92x for this kernel (H100). The
+# per-channel kernel, with its offset-8 word unpack and tuned split-K, beats XLA at M = 1 too:
+# 2.55x against 2.04x (8192 x 8192), 2.31x against 1.70x (4096 x 11008), 1.73x against 1.79x
+# (4096 x 4096) (H100, 2026-12-05; BENCHMARKS.md, issue 8), so it never takes XLA's program.
 XLA_MAX_M = 1
+XLA_MAX_M_PER_CHANNEL = 0
 
 
 def _check(x_q, s_x, w_q, s_w, bias, s_g=None):
@@ -67,11 +69,11 @@ def w4a8_matmul(
 ) -> jax.Array:  # [M, N] out_dtype
   """Pallas QQQ GEMM: int4 weights -> exact int8 in registers, int8 MMA, int32 accumulate.
 
-  On sm_90 (no explicit config) one-token products run XLA's program (XLA_MAX_M), and
+  On sm_90 (no explicit config) one-token g128 products run XLA's program (XLA_MAX_M), and
   from M = 1024 the weights are unpacked to int8 for the Mosaic GPU W8A8 kernel (w4_hopper.py)."""
   m, n, kp = _check(x_q, s_x, w_q, s_w, bias, s_g)
   if on_hopper(interpret, config):
-    if m <= XLA_MAX_M:
+    if m <= (XLA_MAX_M if s_g is not None else XLA_MAX_M_PER_CHANNEL):
       return xla_matmuls.w4a8_matmul_xla(x_q, s_x, w_q, s_w, bias, s_g, out_dtype=out_dtype)
     hcfg = hopper_config(m, n, kp, interpret, config, out_dtype=out_dtype, bias=bias is not None)
     if hcfg is not None:

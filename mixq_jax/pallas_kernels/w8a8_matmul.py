@@ -49,10 +49,11 @@ def outlier_operands(x_o, w_o, count, bm, bn, ids):
 
 
 def tiled_pallas_call(kernel_fn, in_specs, args, *, ids, m, n, bm, bn, num_tiles, split_k, out_dtype,
-                      cfg, interpret, name, partial_scale=None, bias=None):
+                      cfg, interpret, name, partial_scale=None, row_scale=None, bias=None):
   """The pallas_call of a tiled GEMM over `num_tiles` output tiles in `ids` order. With split_k > 1,
   each tile's K slices write float32 partials [S, M, N], which one small XLA fusion sums, scales by
-  `partial_scale` [N] (if given), adds `bias` to and casts."""
+  `row_scale` [M] and `partial_scale` [N] (if given, in that order, as the kernels' epilogues),
+  adds `bias` to and casts."""
   if split_k > 1:
     out_specs = pl.BlockSpec((None, bm, bn), lambda i, s: (s, *ids(i)))
     out_shape = jax.ShapeDtypeStruct((split_k, m, n), jnp.float32)
@@ -71,6 +72,8 @@ def tiled_pallas_call(kernel_fn, in_specs, args, *, ids, m, n, bm, bn, num_tiles
   )(*args)
   if split_k > 1:
     y = jnp.sum(out, axis=0)
+    if row_scale is not None:
+      y = y * row_scale[:, None]
     if partial_scale is not None:
       y = y * partial_scale[None, :]
     if bias is not None:

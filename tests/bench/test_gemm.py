@@ -20,14 +20,20 @@ def test_write_table_keeps_other_groups_provenance(tmp_path, monkeypatch):
   out = tmp_path / "tuned_table.py"
   monkeypatch.setenv("TUNED_TABLE_OUT", str(out))
   from mixq_jax.pallas_kernels import tuned_table
+  before = dict(tuned_table.PROVENANCE)
+  monkeypatch.setattr(tuned_table, "PROVENANCE", dict(before))  # write_table updates it in memory
   table = dict(tuned_table.TABLE)
   table["quantize_act|h900|4096|0|4096"] = {"block_m": 1, "block_k": 1024, "passes": 2}
   info = {"device": "Test GPU", "jax": "9.9", "date": "2030-01-01"}
   gemm.write_table(table, info, ["quantize_act|h900"])
+  # A second group swept later in the same process (as `gemm4.py --tune` does per kernel) keeps the first's line.
+  table["w4a8|h900|16|*|*"] = {"block_m": 16, "split_k": 2}
+  gemm.write_table(table, {**info, "date": "2030-01-02"}, ["w4a8|h900"])
   got = _load(out)
   assert got.TABLE == table
   assert got.PROVENANCE["quantize_act|h900"] == "Test GPU, jax 9.9, 2030-01-01"
-  for group, line in tuned_table.PROVENANCE.items():
+  assert got.PROVENANCE["w4a8|h900"] == "Test GPU, jax 9.9, 2030-01-02"
+  for group, line in before.items():
     assert got.PROVENANCE[group] == line
 
 

@@ -50,8 +50,9 @@ def test_w4a4o16(asym):
 
 
 def test_dispatch(monkeypatch):
-  """On sm_90: one-token w4a8 runs XLA's program, M >= 1024 the Mosaic GPU kernels, mx M >= 256 XLA's
-  program; elsewhere the Triton kernels (checked on the lowered program, so it runs on the CPU too)."""
+  """On sm_90: one-token g128 w4a8 runs XLA's program (per-channel keeps the Triton kernel), M >= 1024
+  the Mosaic GPU kernels, mx M >= 256 XLA's program; elsewhere the Triton kernels (checked on the
+  lowered program, so it runs on the CPU too)."""
   hopper_mod = importlib.import_module("mixq_jax.pallas_kernels.w8a8_matmul_hopper")
   monkeypatch.setattr(hopper_mod, "is_hopper", lambda: True)
   monkeypatch.setattr(hopper_mod, "device_sm_count", lambda: 132)
@@ -62,12 +63,14 @@ def test_dispatch(monkeypatch):
   def lowered(f, *args):
     return jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
-  def w4a8_at(m):
+  def w4a8_at(m, s_g=None):
     x, sx = rand_int8(kx, (m, k)), rand_scale(ks, (m,))
-    return lowered(lambda *a: w4a8_matmul(*a), x, sx, w_q, s_w)
+    return lowered(lambda *a: w4a8_matmul(*a, s_g=s_g), x, sx, w_q, s_w)
 
   one, mid, big = w4a8_at(1), w4a8_at(64), w4a8_at(1024)
-  assert "mosaic_gpu" not in one and "triton" not in one  # XLA's int8 dot
+  one_g = w4a8_at(1, jnp.ones((n, k // 128), jnp.int8))
+  assert "mosaic_gpu" not in one_g and "triton" not in one_g  # XLA's int8 dot
+  assert "triton" in one and "mosaic_gpu" not in one
   assert "triton" in mid and "mosaic_gpu" not in mid  # the Pallas Triton kernel
   assert "mosaic_gpu" in big
   wq = mx.mx_quantize_weight(jax.random.normal(kw, (n, k)))

@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mixq_jax.pallas_kernels import KernelConfig, w4a16_matmul, w4a16_matmul_reference
+from mixq_jax.pallas_kernels import KernelConfig, _w4_common, w4a16_matmul, w4a16_matmul_reference
 from mixq_jax.pallas_kernels.int4_pack import dequantize_w4_asym, quantize_w4_asym
 from kernel_testutil import INTERPRET, keys, rel_err
 
@@ -24,6 +24,32 @@ def test_w4a16(m, n, k, split_k, bias):
   deq = jnp.dot(x.astype(jnp.float32), dequantize_w4_asym(w_q, s, z, k).T, precision="highest")  # no TF32 on GPU
   deq = deq + (b.astype(jnp.float32) if bias else 0)
   assert rel_err(want, deq) < 1e-5
+
+
+@pytest.mark.parametrize("magic", [True, False])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("split_k", [1, 2, 4])
+def test_w4a16_int4_to_float(magic, dtype, split_k, monkeypatch):
+  """The magic-number conversion (16 + q exact in 16 bits, the offset folded into the zero point)
+  and the byte unpack agree with the reference, also with uneven K slices (5 pack blocks)."""
+  monkeypatch.setattr(_w4_common, "MAGIC", magic)
+  kx, kw = keys(2)
+  m, n, k = 3, 32, 576
+  x = jax.random.normal(kx, (m, k), dtype)
+  w_q, s, z = quantize_w4_asym(jax.random.normal(kw, (n, k)))
+  cfg = KernelConfig(block_m=16, block_n=16, block_k=128, num_warps=4, num_stages=2, split_k=split_k)
+  got = w4a16_matmul(x, w_q, s, z, out_dtype=jnp.float32, interpret=INTERPRET, config=cfg)
+  want = w4a16_matmul_reference(x, w_q, s, z, out_dtype=jnp.float32)
+  assert rel_err(got, want) < 2e-5
+
+
+def test_w4a16_magic_x_order_is_a_permutation():
+  """magic_x_order moves each column within its 128-block, a bijection."""
+  x = jnp.arange(2 * 256, dtype=jnp.float32).reshape(2, 256)
+  y = _w4_common.magic_x_order(x)
+  assert sorted(y[0].tolist()) == x[0].tolist()
+  assert set(y[1, :128].tolist()) == set(x[1, :128].tolist())
+  assert not (y == x).all()
 
 
 def test_w4a16_default_config_bf16_out():
