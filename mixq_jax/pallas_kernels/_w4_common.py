@@ -45,6 +45,9 @@ MAGIC = True
 # q + 8 in [0, 15], with 8 * sum_k x_q subtracted once per row; g128 as q * s_g directly. Module flag
 # for same-run A/B timing.
 WORD_UNPACK = True
+# Per-channel w4a8 with WORD_UNPACK: True = feed q + 8 and subtract 8 * sum_k x_q (an XLA pre-pass over
+# x); False = sign-extend in registers (one add and one XOR more per word, no pre-pass). A/B flag.
+W4A8_ROW_SUM = True
 # (bits of 16.0, first mantissa bit worth 1 at that exponent): 16.0 with q in mantissa bits
 # [pos, pos + 4) is exactly 16 + q. 16 is the smallest offset with a 4-bit q of step 1 (bf16 has 7
 # mantissa bits, fp16 10), and a small offset keeps the MMA's float32 sums of x (16 + q) close in
@@ -129,14 +132,15 @@ def _magic_block(w_ref, load_x, b, dtype):
   return d
 
 
-def _word_unpack_block(w_ref, load_x, b, sg=None):
+def _word_unpack_block(w_ref, load_x, b, sg=None, sext=False):
   """One pack block of signed int4 as two int8 dots, unpacked four values per 32-bit operation.
 
   w_ref is the packed weight as uint32 [bn, Kp/8]; word j of block b is bytes 4j..4j+3, whose low
   nibbles are k = 128b + 4j + i and high nibbles k = 128b + 64 + 4j + i (i = byte, little end
   first), so the bytes land in K order with no shuffle. A two's-complement nibble v XOR 8 is
   u = q + 8 in [0, 15]: one mask-and-XOR per word and half.
-  sg None (per-channel): the bytes are u; the caller subtracts 8 sum_k x[m, k].
+  sg None (per-channel): the bytes are u and the caller subtracts 8 sum_k x[m, k]; or, with sext,
+  u + 120 per byte (q + 128, no carry) XOR 0x80 is the exact int8 q.
   sg [bn, 1] (QQQ g128, s_g in [1, 15]): one multiply-add per word, u s_g + (128 - 8 s_g) per byte,
   lies in [8, 248] (no carry between bytes) and is q s_g + 128, so XOR 0x80 leaves the exact int8
   q s_g in every byte.
@@ -151,6 +155,8 @@ def _word_unpack_block(w_ref, load_x, b, sg=None):
     u = (jnp.right_shift(p, jnp.uint32(4)) if t else p) & jnp.uint32(0x0F0F0F0F) ^ jnp.uint32(0x08080808)
     if sg is not None:
       u = (u * sg + bias) ^ jnp.uint32(0x80808080)
+    elif sext:
+      u = (u + jnp.uint32(0x78787878)) ^ jnp.uint32(0x80808080)
     byte = [(jnp.right_shift(u, jnp.uint32(8 * i)) & jnp.uint32(0xFF)).astype(jnp.int8) for i in range(4)]
     # [bn, 16, 2, 2]: element [j, e, p] = byte 2 e + p (2-way stacks only, as Triton's join)
     q = jnp.stack([jnp.stack(byte[0::2], axis=-1), jnp.stack(byte[1::2], axis=-1)], axis=-1)
@@ -215,9 +221,9 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
     return xsum_ref[:, g]
 
   def block(b, acc):  # one pack block of 128 columns
-    if words:  # "sym": x . (q + 8), corrected after the loop; "qqq": x . (q s_g)
+    if words:  # "sym": x . (q + 8), corrected after the loop; "sext": x . q; "qqq": x . (q s_g)
       sg = sg_ref[:, pl.ds(b // blocks_per_group, 1)] if words == "qqq" else None  # [bn, 1] int8
-      return acc + _word_unpack_block(w_ref, load_x, b, sg)
+      return acc + _word_unpack_block(w_ref, load_x, b, sg, sext=words == "sext")
     if magic:  # d = x . (16 + q): the offset joins the zero point
       z, s, g = group_terms(b)
       d = _magic_block(w_ref, load_x, b, x_ref.dtype)
@@ -321,6 +327,8 @@ def w4_matmul(x, w_q, *, plan: _Plan, kernel: str, s_x=None, m_x=None, scale=Non
     in_specs.append(pl.BlockSpec((bm,), row))
     args.append(s_x)
   words = plan.wmode if WORD_UNPACK and plan.xmode == "int8" and plan.wmode in ("sym", "qqq") else None
+  if words == "sym" and not W4A8_ROW_SUM:
+    words = "sext"
   if words == "sym":  # 8 sum_k x_q over each K slice [S, M] int32, one XLA fusion
     kslice = pl.cdiv(nb // u, split_k) * u * PACK_BLOCK
     xs = jnp.pad(x.astype(jnp.int32), ((0, 0), (0, split_k * kslice - kp)))

@@ -21,13 +21,14 @@ def test_w4a8_accumulator_bit_exact(m, grouped):
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want, np.float32))
 
 
-@pytest.mark.parametrize("word_unpack", [True, False])
+@pytest.mark.parametrize("word_unpack,row_sum", [(True, True), (True, False), (False, True)])
 @pytest.mark.parametrize("grouped,split_k,block_k", [(False, 2, 128), (False, 4, 128), (True, 2, 128),
                                                      (False, 2, 256), (False, 8, 128)])
-def test_w4a8_split_k_exact(word_unpack, grouped, split_k, block_k, monkeypatch):
+def test_w4a8_split_k_exact(word_unpack, row_sum, grouped, split_k, block_k, monkeypatch):
   """K slices (uneven: 5 pack blocks in 2, 4 or 8 slices; 5 steps of 1 or 2 blocks) write exact
   integer partials; the sum is still the int32 accumulator, with and without the word-wise unpack."""
   monkeypatch.setattr(_w4_common, "WORD_UNPACK", word_unpack)
+  monkeypatch.setattr(_w4_common, "W4A8_ROW_SUM", row_sum)
   x, w_q, s_g, ones_m, ones_n, want = w4a8_exact_case(7, 48, 576, grouped)
   cfg = KernelConfig(block_m=16, block_n=16, block_k=block_k, num_warps=4, num_stages=2, split_k=split_k)
   got = w4a8_matmul(x, ones_m, w_q, ones_n, s_g=s_g, out_dtype=jnp.float32, interpret=INTERPRET,
