@@ -507,21 +507,29 @@ def tune(args):
                 flush=True)
           if not ok:
             continue
-          key = configs.table_key(kind, gpu, configs.m_bucket(m), n if n else 0, k)
-          if key not in table or t < table[key][0]:
-            table[key] = (t, cfg)
-          scores.setdefault(cfg, []).append(math.log(t))
-      # Bucket default: best geometric mean over the shapes where every shape ran.
-      full = {c: s for c, s in scores.items() if len(s) == len(kshapes)}
-      if full:
-        best = min(full, key=lambda c: sum(full[c]))
-        table[configs.table_key(kind, gpu, configs.m_bucket(m), "*", "*")] = (0.0, best)
-        print(f"{kind} M={m}: bucket default {best}", flush=True)
+          keep_fastest(table, scores, configs.table_key(kind, gpu, configs.m_bucket(m), n if n else 0, k), t, cfg)
+      set_bucket_default(table, scores, len(kshapes), kind, gpu, m)
       merged.update({k: v[1].to_dict() for k, v in table.items()})
       write_table(merged, info, [f"{kind}|{gpu}"])  # after every bucket, so a cut-off run keeps what it found
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"env": info, "tune_log": log, "table": merged}, f, indent=1)
+
+
+def keep_fastest(table, scores, key, t, cfg):
+  """A tuning result: table[key] keeps the fastest (t, cfg); scores[cfg] collects log t over shapes."""
+  if key not in table or t < table[key][0]:
+    table[key] = (t, cfg)
+  scores.setdefault(cfg, []).append(math.log(t))
+
+
+def set_bucket_default(table, scores, n_shapes, kind, gpu, m):
+  """The bucket default: the best geometric mean over the shapes, among configs that ran on every shape."""
+  full = {c: v for c, v in scores.items() if len(v) == n_shapes}
+  if full:
+    best = min(full, key=lambda c: sum(full[c]))
+    table[configs.table_key(kind, gpu, configs.m_bucket(m), "*", "*")] = (0.0, best)
+    print(f"{kind} M={m}: bucket default {best}", flush=True)
 
 
 def write_table(table, info, tuned=()):

@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import itertools
 import json
-import math
 import pathlib
 import sys
 import time
@@ -183,15 +182,8 @@ def tune(a):
         log.append(dict(kernel=kind, M=m, N=n, K=k, config=cfg.to_dict(), time_us=t * 1e6, max_rel_err=err))
         print(f"  {kind} M={m} {n}x{k} {cand}: {t * 1e6:.1f} us err={err:.1e}", flush=True)
         if err < 2e-2:
-          key = configs.table_key(kind, gpu, configs.m_bucket(m), n, k)
-          if key not in best or t < best[key][0]:
-            best[key] = (t, cfg)
-          scores.setdefault(cfg, []).append(math.log(t))
-      full = {c: v for c, v in scores.items() if len(v) == len(shapes)}
-      if full:
-        default = min(full, key=lambda c: sum(full[c]))
-        best[configs.table_key(kind, gpu, configs.m_bucket(m), "*", "*")] = (0.0, default)
-        print(f"{kind} M={m}: bucket default {default}", flush=True)
+          gemm.keep_fastest(best, scores, configs.table_key(kind, gpu, configs.m_bucket(m), n, k), t, cfg)
+      gemm.set_bucket_default(best, scores, len(shapes), kind, gpu, m)
       merged.update({key: v[1].to_dict() for key, v in best.items()})
       gemm.write_table(merged, info, [f"{kind}|{gpu}"])  # after every kernel, so a cut-off run keeps it
   if a.json:

@@ -41,6 +41,9 @@ KERNELS4 = ("w4a16", "w4a8", "w4a8g", "w4a4o16", "mx")
 # Small-M w4a16: int4 -> 16-bit float by the magic-number trick on 32-bit words (`_magic_block`)
 # instead of byte unpack + integer -> float conversion. Module flag for same-run A/B timing.
 MAGIC = True
+# With MAGIC: True = the kernel splits each contiguous 64-column half of x into its even and odd columns
+# (reshape + unstack in registers); False = the wrapper permutes x (`magic_x_order`, one XLA pass). A/B flag.
+MAGIC_X_SPLIT = False
 # w4a8: unpack int4 -> int8 four values per 32-bit operation (`_word_unpack_block`): per-channel as
 # q + 8 in [0, 15], with 8 * sum_k x_q subtracted once per row; g128 as q * s_g directly. Module flag
 # for same-run A/B timing.
@@ -104,7 +107,7 @@ class _Plan:
   has_outliers: bool
 
 
-def _magic_block(w_ref, load_x, b, dtype):
+def _magic_block(w_ref, load_x, b, dtype, x_split):
   """One pack block of the 16-bit product, int4 -> float by bit operations on 32-bit words.
 
   w_ref is the packed weight as uint32 [bn, Kp/8]: word j of block b is bytes 4j..4j+3 (byte i
@@ -113,12 +116,17 @@ def _magic_block(w_ref, load_x, b, dtype):
   per word make two of them, and no integer -> float conversion runs. The caller removes the
   offset with the zero point (z + 16). A 2-way stack (Triton join) and a reshape lay the two values
   of a word side by side along K, the pair one 16-bit MMA operand register holds; each nibble
-  position t = 0..3 of the words feeds one K = 32 dot, against x in that order (`magic_x_order`).
+  position t = 0..3 of the words feeds one K = 32 dot. Its columns 2 j + h are k = 128 b + 64 a + 2 (2 j + h)
+  + byte: the even (byte 0) or odd (byte 1) columns of x's half a, which the kernel splits off in
+  registers (x_split) or the wrapper lays out contiguously beforehand (`magic_x_order`).
   Returns x . (16 + q) [bm, bn] f32.
   """
   bits, pos = _MAGIC[jnp.dtype(dtype)]
   p = w_ref[:, pl.ds(b * (HALF // 4), HALF // 4)]  # [bn, 16] uint32
   d = None
+  if x_split:  # [bm, 64] half a -> its even and odd columns, [bm, 32] each
+    halves = [load_x(b * PACK_BLOCK + a * HALF, HALF) for a in range(2)]
+    parts = [jnp.unstack(h.reshape(h.shape[0], HALF // 2, 2), axis=-1) for h in halves]
   for t in range(4):  # nibble position t = 2 byte + a: byte within the half word, a = low / high nibble
     sh = 4 * t - pos  # move nibble t to mantissa bits [pos, pos + 4) of both half words
     q = jnp.right_shift(p, jnp.uint32(sh)) if sh > 0 else jnp.left_shift(p, jnp.uint32(-sh))
@@ -126,8 +134,9 @@ def _magic_block(w_ref, load_x, b, dtype):
     lo = (q2 & jnp.uint32(0xFFFF)).astype(jnp.uint16)
     hi = jnp.right_shift(q2, jnp.uint32(16)).astype(jnp.uint16)
     w = jnp.stack([lo, hi], axis=-1).reshape(p.shape[0], HALF // 2)  # [bn, 32]: column 2 j + h
-    dt = jax.lax.dot_general(load_x(b * PACK_BLOCK + t * (HALF // 2), HALF // 2),
-                             jax.lax.bitcast_convert_type(w, dtype), _NT, preferred_element_type=jnp.float32)
+    xt = parts[t % 2][t // 2] if x_split else load_x(b * PACK_BLOCK + t * (HALF // 2), HALF // 2)
+    dt = jax.lax.dot_general(xt, jax.lax.bitcast_convert_type(w, dtype), _NT,
+                             preferred_element_type=jnp.float32)
     d = dt if d is None else d + dt
   return d
 
@@ -226,7 +235,7 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
       return acc + _word_unpack_block(w_ref, load_x, b, sg, sext=words == "sext")
     if magic:  # d = x . (16 + q): the offset joins the zero point
       z, s, g = group_terms(b)
-      d = _magic_block(w_ref, load_x, b, x_ref.dtype)
+      d = _magic_block(w_ref, load_x, b, x_ref.dtype, MAGIC_X_SPLIT)
       return acc + (d - xsum_of(g) * (z + MAGIC_OFFSET)) * s
     lo, hi = unpack_halves(w_ref[:, pl.ds(b * HALF, HALF)])  # [bn, 64] int8 each
     if plan.xmode == "packed":
@@ -347,8 +356,9 @@ def w4_matmul(x, w_q, *, plan: _Plan, kernel: str, s_x=None, m_x=None, scale=Non
   if words:  # the same bytes as uint32 words (a bitcast, no copy)
     in_specs.append(pl.BlockSpec((bn, kh // 4), lambda i, *_: (ids(i)[1], 0)))
     args.append(jax.lax.bitcast_convert_type(w_q.reshape(n, kh // 4, 4), jnp.uint32))
-  elif magic:  # the same bytes as uint32 words (a bitcast, no copy); x in the kernel's K order
-    args[0] = magic_x_order(x)
+  elif magic:  # the same bytes as uint32 words (a bitcast, no copy)
+    if not MAGIC_X_SPLIT:
+      args[0] = magic_x_order(x)
     in_specs.append(pl.BlockSpec((bn, kh // 4), lambda i, *_: (ids(i)[1], 0)))
     args.append(jax.lax.bitcast_convert_type(w_q.reshape(n, kh // 4, 4), jnp.uint32))
   else:

@@ -1,7 +1,7 @@
 import pytest
 
 from mixq_jax.pallas_kernels import KernelConfig, select_config
-from mixq_jax.pallas_kernels import configs, tuned_table
+from mixq_jax.pallas_kernels import _w4_common, configs, tuned_table
 
 
 def test_m_bucket():
@@ -11,8 +11,18 @@ def test_m_bucket():
 def test_table_entries_are_valid():
   for key, entry in tuned_table.TABLE.items():
     kernel, _, mb, _, _ = key.split("|")
-    assert kernel in configs.KERNELS and int(mb) >= 16
+    assert kernel in configs.KERNELS + _w4_common.KERNELS4 and int(mb) >= 16
     KernelConfig(**entry)
+
+
+def test_w4_select_takes_the_tuned_entry_then_the_bucket_default(monkeypatch):
+  tuned = {"block_m": 16, "block_n": 64, "block_k": 256, "num_warps": 4, "num_stages": 4, "split_k": 8}
+  bucket = {"block_m": 16, "block_n": 32, "block_k": 512, "num_warps": 4, "num_stages": 4, "split_k": 2}
+  gpu = configs.gpu_name()
+  monkeypatch.setattr(tuned_table, "TABLE", {f"w4a16|{gpu}|16|4096|4096": tuned, f"w4a16|{gpu}|16|*|*": bucket})
+  assert _w4_common.select_config("w4a16", 1, 4096, 4096) == KernelConfig(**tuned)
+  assert _w4_common.select_config("w4a16", 16, 8192, 8192) == KernelConfig(**bucket)
+  assert _w4_common.select_config("w4a8", 16, 4096, 4096) == _w4_common.default_config("w4a8", 16)
 
 
 def test_select_falls_back_to_default():

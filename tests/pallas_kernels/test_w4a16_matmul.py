@@ -26,13 +26,15 @@ def test_w4a16(m, n, k, split_k, bias):
   assert rel_err(want, deq) < 1e-5
 
 
-@pytest.mark.parametrize("magic", [True, False])
+@pytest.mark.parametrize("magic,x_split", [(True, True), (True, False), (False, True)])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("split_k", [1, 2, 4])
-def test_w4a16_int4_to_float(magic, dtype, split_k, monkeypatch):
-  """The magic-number conversion (16 + q exact in 16 bits, the offset folded into the zero point)
-  and the byte unpack agree with the reference, also with uneven K slices (5 pack blocks)."""
+def test_w4a16_int4_to_float(magic, x_split, dtype, split_k, monkeypatch):
+  """The magic-number conversion (16 + q exact in 16 bits, the offset folded into the zero point; x
+  split in registers or permuted by the wrapper) and the byte unpack agree with the reference, also
+  with uneven K slices (5 pack blocks)."""
   monkeypatch.setattr(_w4_common, "MAGIC", magic)
+  monkeypatch.setattr(_w4_common, "MAGIC_X_SPLIT", x_split)
   kx, kw = keys(2)
   m, n, k = 3, 32, 576
   x = jax.random.normal(kx, (m, k), dtype)
