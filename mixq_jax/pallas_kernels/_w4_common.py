@@ -187,7 +187,7 @@ def magic_x_order(x):
 
 
 def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks_per_group,
-               dequant, magic, words):
+               dequant, magic, x_split, words):
   refs = list(refs)
   x_ref = refs.pop(0)                                # [bm, Kp] or [bm, Kp/2]
   sx_ref = refs.pop(0) if plan.has_sx else None      # [bm] f32
@@ -235,7 +235,7 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
       return acc + _word_unpack_block(w_ref, load_x, b, sg, sext=words == "sext")
     if magic:  # d = x . (16 + q): the offset joins the zero point
       z, s, g = group_terms(b)
-      d = _magic_block(w_ref, load_x, b, x_ref.dtype, MAGIC_X_SPLIT)
+      d = _magic_block(w_ref, load_x, b, x_ref.dtype, x_split)
       return acc + (d - xsum_of(g) * (z + MAGIC_OFFSET)) * s
     lo, hi = unpack_halves(w_ref[:, pl.ds(b * HALF, HALF)])  # [bn, 64] int8 each
     if plan.xmode == "packed":
@@ -283,7 +283,7 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
       o_ref[...] = v
 
   if split_k > 1:  # group scales are applied; the wrapper sums, applies s_x, s_w and adds the bias
-    store(y)
+    store(acc if acc_t == jnp.int32 else y)
     return
   if plan.has_sx:
     sx = plgpu.load(sx_ref.at[:], mask=rmask[:, 0], other=0) if ragged else sx_ref[...]
@@ -320,8 +320,8 @@ def w4_matmul(x, w_q, *, plan: _Plan, kernel: str, s_x=None, m_x=None, scale=Non
   bm = max(16, min(cfg.block_m, _shapes.next_pow2(m)))
   bn = _shapes.pow2_divisor(n, cfg.block_n)
   u = max(1, _shapes.pow2_divisor(nb, max(1, cfg.block_k // PACK_BLOCK)))
-  # K slices write float32 partials that XLA sums and scales: the integer plans' partial sums
-  # stay exact (|x q| sums over a slice < 2^24); not with outliers or QUIK's zero point
+  # K slices write partials that XLA sums and scales (int32 for the integer plans, so the sum is the
+  # exact accumulator); not with outliers or QUIK's zero point
   split_k = min(cfg.split_k, nb // u) if not (plan.has_outliers or plan.has_zp) else 1
   num_m, num_n = pl.cdiv(m, bm), n // bn
   g = scale.shape[0] if scale is not None else (s_g.shape[1] if s_g is not None else nb)
@@ -353,12 +353,9 @@ def w4_matmul(x, w_q, *, plan: _Plan, kernel: str, s_x=None, m_x=None, scale=Non
     args.append(m_x)
   magic = (MAGIC and plan.xmode == "f16" and plan.wmode == "asym" and not dequant
            and jnp.dtype(x.dtype) in _MAGIC)
-  if words:  # the same bytes as uint32 words (a bitcast, no copy)
-    in_specs.append(pl.BlockSpec((bn, kh // 4), lambda i, *_: (ids(i)[1], 0)))
-    args.append(jax.lax.bitcast_convert_type(w_q.reshape(n, kh // 4, 4), jnp.uint32))
-  elif magic:  # the same bytes as uint32 words (a bitcast, no copy)
-    if not MAGIC_X_SPLIT:
-      args[0] = magic_x_order(x)
+  if magic and not MAGIC_X_SPLIT:
+    args[0] = magic_x_order(x)
+  if words or magic:  # the same bytes as uint32 words (a bitcast, no copy)
     in_specs.append(pl.BlockSpec((bn, kh // 4), lambda i, *_: (ids(i)[1], 0)))
     args.append(jax.lax.bitcast_convert_type(w_q.reshape(n, kh // 4, 4), jnp.uint32))
   else:
@@ -387,10 +384,11 @@ def w4_matmul(x, w_q, *, plan: _Plan, kernel: str, s_x=None, m_x=None, scale=Non
   kern = functools.partial(_w4_kernel, plan=plan, m=m, bm=bm, nb=nb, u=u, num_m=num_m,
                            num_n=num_n, group_m=cfg.group_m, split_k=split_k,
                            blocks_per_group=blocks_per_group, dequant=dequant, magic=magic,
-                           words=words)
+                           x_split=MAGIC_X_SPLIT, words=words)
   return tiled_pallas_call(kern, in_specs, args, ids=ids, m=m, n=n, bm=bm, bn=bn,
                            num_tiles=num_m * num_n, split_k=split_k, out_dtype=out_dtype, cfg=cfg,
                            interpret=interpret, name=f"{kernel}_matmul", bias=bias,
+                           partial_dtype=jnp.float32 if plan.xmode == "f16" else jnp.int32,
                            row_scale=s_x if plan.has_sx else None,
                            partial_scale=s_w if plan.has_sw else None)
 

@@ -49,14 +49,16 @@ def outlier_operands(x_o, w_o, count, bm, bn, ids):
 
 
 def tiled_pallas_call(kernel_fn, in_specs, args, *, ids, m, n, bm, bn, num_tiles, split_k, out_dtype,
-                      cfg, interpret, name, partial_scale=None, row_scale=None, bias=None):
+                      cfg, interpret, name, partial_scale=None, row_scale=None, bias=None,
+                      partial_dtype=jnp.float32):
   """The pallas_call of a tiled GEMM over `num_tiles` output tiles in `ids` order. With split_k > 1,
-  each tile's K slices write float32 partials [S, M, N], which one small XLA fusion sums, scales by
+  each tile's K slices write partials [S, M, N] (partial_dtype: float32, or int32 for exact integer
+  sums), which one small XLA fusion sums, converts to float32, scales by
   `row_scale` [M] and `partial_scale` [N] (if given, in that order, as the kernels' epilogues),
   adds `bias` to and casts."""
   if split_k > 1:
     out_specs = pl.BlockSpec((None, bm, bn), lambda i, s: (s, *ids(i)))
-    out_shape = jax.ShapeDtypeStruct((split_k, m, n), jnp.float32)
+    out_shape = jax.ShapeDtypeStruct((split_k, m, n), partial_dtype)
   else:
     out_specs = pl.BlockSpec((bm, bn), lambda i, *_: ids(i))
     out_shape = jax.ShapeDtypeStruct((m, n), out_dtype)
@@ -71,7 +73,7 @@ def tiled_pallas_call(kernel_fn, in_specs, args, *, ids, m, n, bm, bn, num_tiles
       name=name,
   )(*args)
   if split_k > 1:
-    y = jnp.sum(out, axis=0)
+    y = jnp.sum(out, axis=0).astype(jnp.float32)
     if row_scale is not None:
       y = y * row_scale[:, None]
     if partial_scale is not None:

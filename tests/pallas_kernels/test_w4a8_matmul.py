@@ -25,8 +25,8 @@ def test_w4a8_accumulator_bit_exact(m, grouped):
 @pytest.mark.parametrize("grouped,split_k,block_k", [(False, 2, 128), (False, 4, 128), (True, 2, 128),
                                                      (False, 2, 256), (False, 8, 128)])
 def test_w4a8_split_k_exact(word_unpack, row_sum, grouped, split_k, block_k, monkeypatch):
-  """K slices (uneven: 5 pack blocks in 2, 4 or 8 slices; 5 steps of 1 or 2 blocks) write exact
-  integer partials; the sum is still the int32 accumulator, with and without the word-wise unpack."""
+  """K slices (5 pack blocks, one per step, in 2 or 4 uneven slices, or 8 -> 5) write int32 partials;
+  their sum is still the exact accumulator, with and without the word-wise unpack."""
   monkeypatch.setattr(_w4_common, "WORD_UNPACK", word_unpack)
   monkeypatch.setattr(_w4_common, "W4A8_ROW_SUM", row_sum)
   x, w_q, s_g, ones_m, ones_n, want = w4a8_exact_case(7, 48, 576, grouped)
