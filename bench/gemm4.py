@@ -270,7 +270,7 @@ def _cfg_name(c):
 def pk_select(kind, m, n, k):
   """The config the wrapper picks by itself (recorded with each default-config row)."""
   kind = kind.removesuffix("_triton")
-  base = {"w4a8g": "w4a8", "w4a4o16q": "w4a4o16", "mxmix": "mx", "mxfp8": "mx"}.get(kind, kind)
+  base = {"w4a4o16q": "w4a4o16", "mxmix": "mx", "mxfp8": "mx"}.get(kind, kind)  # w4a8g has its own entries
   return select_config(base, m, n, k)
 
 

@@ -29,3 +29,30 @@ def test_sweep_records_every_config(tmp_path, monkeypatch):
   assert [r["kernel"] for r in recs] == ["w4a8", "w4a8"]
   assert recs[1]["config"]["block_m"] == 16 and recs[1]["config"]["block_n"] == 64  # block_m clipped to M's bucket
   assert all(r["max_rel_err"] == 0 and r["time_us"] > 0 for r in recs)  # integer path: exact
+
+
+def test_recorded_config_is_the_kernels_own(monkeypatch):
+  """pk_select records what the wrapper runs: w4a8g has its own table entries (it used to show w4a8's)."""
+  from mixq_jax.pallas_kernels import _w4_common, configs, tuned_table  # noqa: PLC0415
+
+  gpu = configs.gpu_name()
+  g = {"block_m": 16, "block_n": 32, "block_k": 256, "num_warps": 4, "num_stages": 4, "split_k": 4}
+  p = {"block_m": 16, "block_n": 64, "block_k": 512, "num_warps": 4, "num_stages": 3, "split_k": 2}
+  monkeypatch.setattr(tuned_table, "TABLE", {f"w4a8g|{gpu}|16|*|*": g, f"w4a8|{gpu}|16|*|*": p})
+  assert gemm4.pk_select("w4a8g", 16, 4096, 4096) == _w4_common.KernelConfig(**g)
+  assert gemm4.pk_select("w4a8g_triton", 1, 4096, 4096) == _w4_common.KernelConfig(**g)
+  assert gemm4.pk_select("w4a8", 16, 4096, 4096) == _w4_common.KernelConfig(**p)
+
+
+def test_tune_writes_tuned_entries(tmp_path, monkeypatch):
+  out = tmp_path / "tuned_table.py"
+  monkeypatch.setenv("TUNED_TABLE_OUT", str(out))
+  monkeypatch.setattr(gemm4, "TUNE_CANDIDATES", {"w4a8": [(16, 32, 128, 4, 2, 1), (16, 16, 128, 4, 2, 2)]})
+  from mixq_jax.pallas_kernels import tuned_table  # noqa: PLC0415
+  monkeypatch.setattr(tuned_table, "PROVENANCE", dict(tuned_table.PROVENANCE))
+  monkeypatch.setattr(sys, "argv", ["gemm4.py", "--tune", "--models", "tiny", "--ms", "16", "--samples", "1",
+                                    "--kernels", "w4a8,mx"])
+  gemm4.main()
+  from mixq_jax.pallas_kernels import configs  # noqa: PLC0415
+  text, gpu = out.read_text(), configs.gpu_name()
+  assert f"'w4a8|{gpu}|16|256|256'" in text and f"'w4a8|{gpu}|16|*|*'" in text and f"'w4a8|{gpu}':" in text
