@@ -33,7 +33,7 @@ from jax.experimental import pallas as pl
 from mixq_jax.pallas_kernels import _shapes, tuned_table
 from mixq_jax.pallas_kernels._triton import plgpu
 from mixq_jax.pallas_kernels.configs import KernelConfig, gpu_name, m_bucket, table_key
-from mixq_jax.pallas_kernels.int4_pack import HALF, PACK_BLOCK, unpack_halves
+from mixq_jax.pallas_kernels.int4_pack import HALF, PACK_BLOCK, nibble_bytes_to_int8, unpack_halves
 from mixq_jax.pallas_kernels.w8a8_matmul import _NT, _tile_ids, outlier_operands, tiled_pallas_call
 
 KERNELS4 = ("w4a16", "w4a8", "w4a8g", "w4a4o16", "mx")
@@ -146,26 +146,18 @@ def _word_unpack_block(w_ref, load_x, b, sg=None, sext=False):
 
   w_ref is the packed weight as uint32 [bn, Kp/8]; word j of block b is bytes 4j..4j+3, whose low
   nibbles are k = 128b + 4j + i and high nibbles k = 128b + 64 + 4j + i (i = byte, little end
-  first), so the bytes land in K order with no shuffle. A two's-complement nibble v XOR 8 is
-  u = q + 8 in [0, 15]: one mask-and-XOR per word and half.
-  sg None (per-channel): the bytes are u and the caller subtracts 8 sum_k x[m, k]; or, with sext,
-  u + 120 per byte (q + 128, no carry) XOR 0x80 is the exact int8 q.
-  sg [bn, 1] (QQQ g128, s_g in [1, 15]): one multiply-add per word, u s_g + (128 - 8 s_g) per byte,
-  lies in [8, 248] (no carry between bytes) and is q s_g + 128, so XOR 0x80 leaves the exact int8
-  q s_g in every byte.
-  Returns x . (q + 8) or x . (q s_g) [bm, bn] int32, exact.
+  first), so the bytes land in K order with no shuffle. `int4_pack.nibble_bytes_to_int8` turns four
+  codes into int8 bytes per word operation:
+  sg None (per-channel): q + 8 (one XOR), and the caller subtracts 8 sum_k x[m, k]; or, with sext, q.
+  sg [bn, 1] (QQQ g128, s_g in [1, 15]): the exact int8 q s_g (one multiply-add and two XORs).
+  Returns x . (q + 8), x . q or x . (q s_g) [bm, bn] int32, exact.
   """
   p = w_ref[:, pl.ds(b * (HALF // 4), HALF // 4)]  # [bn, 16] uint32
-  if sg is not None:
-    sg = sg.astype(jnp.uint32)
-    bias = (jnp.uint32(128) - jnp.uint32(8) * sg) * jnp.uint32(0x01010101)  # [bn, 1]
+  sg = None if sg is None else sg.astype(jnp.uint32)
   d = None
   for t in range(2):
-    u = (jnp.right_shift(p, jnp.uint32(4)) if t else p) & jnp.uint32(0x0F0F0F0F) ^ jnp.uint32(0x08080808)
-    if sg is not None:
-      u = (u * sg + bias) ^ jnp.uint32(0x80808080)
-    elif sext:
-      u = (u + jnp.uint32(0x78787878)) ^ jnp.uint32(0x80808080)
+    v = (jnp.right_shift(p, jnp.uint32(4)) if t else p) & jnp.uint32(0x0F0F0F0F)
+    u = nibble_bytes_to_int8(v, sg, offset=sg is None and not sext)
     byte = [(jnp.right_shift(u, jnp.uint32(8 * i)) & jnp.uint32(0xFF)).astype(jnp.int8) for i in range(4)]
     # [bn, 16, 2, 2]: element [j, e, p] = byte 2 e + p (2-way stacks only, as Triton's join)
     q = jnp.stack([jnp.stack(byte[0::2], axis=-1), jnp.stack(byte[1::2], axis=-1)], axis=-1)

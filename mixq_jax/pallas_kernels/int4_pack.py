@@ -89,41 +89,45 @@ def unpack_int4(p: jax.Array) -> jax.Array:
   return jnp.stack([lo, hi], axis=-2).reshape(*p.shape[:-1], 2 * kb)
 
 
+def nibble_bytes_to_int8(v: jax.Array, scale: jax.Array | None = None, *, offset: bool = False) -> jax.Array:
+  """uint32 words whose four bytes each hold a two's-complement int4 code (0..15) -> words whose bytes
+  are the int8 value q (default), q + 8 (offset) or q * scale (scale uint32 in [1, 15], broadcast).
+
+  v XOR 8 is u = q + 8 in [0, 15]. Then u s + (128 - 8 s) = q s + 128 lies in [8, 248] for |q s| <= 120,
+  so a single word multiply-add has no carry between bytes, and XOR 0x80 leaves q s in two's complement.
+  Used by XLA programs and inside the Pallas kernels alike (jnp ops on uint32 only).
+  """
+  u = v ^ jnp.uint32(0x08080808)
+  if offset:
+    return u
+  if scale is None:
+    return (u + jnp.uint32(0x78787878)) ^ jnp.uint32(0x80808080)
+  return (u * scale + (jnp.uint32(128) - jnp.uint32(8) * scale) * jnp.uint32(0x01010101)) ^ jnp.uint32(0x80808080)
+
+
 def unpack_int4_words(p: jax.Array, group_scale: jax.Array | None = None) -> jax.Array:
   """unpack_int4 for XLA programs: the same [..., Kp] int8 result, computed on 32-bit words.
 
   XLA runs unpack_int4's byte-wise shifts one byte per thread; here four packed bytes are one
-  uint32, the nibbles are split with masks (SWAR) and sign-extended by OR-ing 0xF0 into each byte
-  whose bit 3 is set, and the words are bitcast back to bytes. Signed (int8) input gives [-8, 7],
+  uint32, the nibbles are split with masks (SWAR), and the signed ones become int8 by
+  `nibble_bytes_to_int8`; the words are bitcast back to bytes. Signed (int8) input gives [-8, 7],
   unsigned (uint8) [0, 15], exactly as unpack_int4.
 
   group_scale [..., Kp/128] int in [1, 15] (signed input only; QQQ's second level) returns q * s,
-  exact in int8 ([-120, 105]): each byte's nibble n times s is < 256, so one word multiply forms
-  four products, and q * s = n * s - 16 s (mod 256) for negative q is a byte-wise SWAR add.
+  exact in int8 ([-120, 105]).
   """
   kb = p.shape[-1]
   if kb % HALF:
     raise ValueError(f"packed K={kb} must be a multiple of {HALF}")
+  if group_scale is not None and p.dtype != jnp.int8:
+    raise ValueError("group_scale applies to signed (int8-packed) values only")
   lead = p.shape[:-1]
-  u32 = lambda v: jnp.uint32(v)
   w = jax.lax.bitcast_convert_type(p.view(jnp.uint8).reshape(*lead, kb // HALF, HALF // 4, 4), jnp.uint32)
-  lo = w & u32(0x0F0F0F0F)  # [..., Kp/128, 16]: byte j of each word = low nibble of byte j
-  hi = jnp.right_shift(w, u32(4)) & u32(0x0F0F0F0F)
-  neg = lambda v: jnp.right_shift(v, u32(3)) & u32(0x01010101)  # 1 in each byte whose nibble is < 0
-  if group_scale is not None:
-    if p.dtype != jnp.int8:
-      raise ValueError("group_scale applies to signed (int8-packed) values only")
-    sc = group_scale.astype(jnp.uint32)[..., None]  # [..., Kp/128, 1]
-    off = ((256 - 16 * sc) & u32(0xFF)) * u32(0x01010101)  # -16 s in every byte
-
-    def scaled(v):
-      a, b = v * sc, neg(v) * u32(0xFF) & off  # n * s per byte; -16 s where q < 0
-      h = u32(0x80808080)
-      return ((a & ~h) + (b & ~h)) ^ ((a ^ b) & h)  # byte-wise a + b mod 256, no carries between bytes
-
-    lo, hi = scaled(lo), scaled(hi)
-  elif p.dtype == jnp.int8:  # bit 3 of a nibble is its sign: fill the byte's upper half
-    lo, hi = lo | neg(lo) * u32(0xF0), hi | neg(hi) * u32(0xF0)
+  lo = w & jnp.uint32(0x0F0F0F0F)  # [..., Kp/128, 16]: byte j of each word = low nibble of byte j
+  hi = jnp.right_shift(w, jnp.uint32(4)) & jnp.uint32(0x0F0F0F0F)
+  if p.dtype == jnp.int8:
+    sc = None if group_scale is None else group_scale.astype(jnp.uint32)[..., None]  # [..., Kp/128, 1]
+    lo, hi = nibble_bytes_to_int8(lo, sc), nibble_bytes_to_int8(hi, sc)
   words = jnp.stack([lo, hi], axis=-2)  # [..., Kp/128, 2, 16] uint32
   return jax.lax.bitcast_convert_type(words, jnp.int8).reshape(*lead, 2 * kb)
 
