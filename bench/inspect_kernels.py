@@ -13,6 +13,11 @@ the local-memory stack (spills), shared memory, shared stores (STS: operands pro
 e.g. unpacked int4, take a round trip through shared memory before a wgmma), and global loads
 (LDGSTS = cp.async into shared memory, LDG = loads into registers).
 
+The TTIR-level passes XLA's pipeline starts with (canonicalize, combine, CSE) run first: without
+them `acc + dot` stays a separate add per accumulator element instead of the MMA's accumulator input
+(the loop counts in BENCHMARKS.md's first 4-bit decode section were taken without them and overstate the
+loops).
+
 Caveat: XLA compiles the same TTIR with its own bundled Triton and pass pipeline, which is not the
 PyPI release; instruction choice and register allocation usually agree, but confirm on a GPU
 (`cuobjdump` of XLA's dump) before relying on a number. Configs are those `select_config` picks for
@@ -102,6 +107,27 @@ def lower_to_ttir(kind: str, m: int, n: int, k: int, config: KernelConfig | None
   return [{"ttir": t, "num_stages": int(s), "num_warps": int(w)} for t, (s, w) in zip(found, params)]
 
 
+def _ttir_passes(ttir: str, num_warps: int, arch: int, tmp: str) -> str:
+  """The TTIR-level passes (canonicalize, combine, CSE, ...) that XLA's Triton pipeline runs first.
+  `triton.compile` skips the passes of the stage a file is given in, so without this step `acc + dot`
+  stays a separate add instead of the MMA's accumulator input, and the counts overstate the loop."""
+  import triton  # noqa: PLC0415
+  from triton._C.libtriton import ir  # noqa: PLC0415
+  from triton.backends.compiler import GPUTarget  # noqa: PLC0415
+  from triton.backends.nvidia.compiler import CUDABackend  # noqa: PLC0415
+  del triton
+  raw = pathlib.Path(tmp) / "raw.ttir"
+  raw.write_text(ttir)
+  ctx = ir.context()
+  ir.load_dialects(ctx)
+  backend = CUDABackend(GPUTarget("cuda", arch, 32))
+  backend.load_dialects(ctx)
+  mod = ir.parse_mlir_module(str(raw), ctx)
+  mod.context = ctx
+  CUDABackend.make_ttir(mod, {}, backend.parse_options({"num_warps": num_warps}), arch)
+  return str(mod)
+
+
 def compile_and_count(ttir: str, num_warps: int, num_stages: int, arch: int, keep: pathlib.Path | None,
                       name: str) -> dict:
   """Compiles TTIR for sm_<arch> with the PyPI Triton and counts the instructions that matter."""
@@ -112,7 +138,7 @@ def compile_and_count(ttir: str, num_warps: int, num_stages: int, arch: int, kee
     raise SystemExit("this step needs the Triton compiler: pip install triton") from e
   with tempfile.TemporaryDirectory() as tmp:
     src = pathlib.Path(tmp) / f"{name}.ttir"
-    src.write_text(ttir)
+    src.write_text(_ttir_passes(ttir, num_warps, arch, tmp))
     kern = triton.compile(str(src), target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": num_warps, "num_stages": num_stages})
     cubin = pathlib.Path(tmp) / f"{name}.cubin"

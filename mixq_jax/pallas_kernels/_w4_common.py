@@ -12,10 +12,9 @@ the activation tile in two dots; nothing is concatenated or shuffled.
     xmode "packed" x [bm, Kp/2] packed int4 too (w4a4): both unpacked to int8, int8 MMA, int32
     wmode "asym"   uint8 + per-group scale/zero [G, N]. Small M (block_m < 64): the group's
                    partial dot is corrected and scaled on the accumulator,
-                   acc += s (x.q - xsum z), with xsum [M, G] the per-group row sums of x computed
-                   by XLA before the call (an in-kernel row reduction per K step costs shuffles);
-                   one int->16-bit convert per weight and [bm, bn] work per group instead of
-                   [bn, 128] dequant work. Large M: the tile is dequantized in registers,
+                   acc += s (x.q - xsum z) per pack block, with xsum the block's row sums of x
+                   (`ROW_SUMS`); one int->16-bit convert per weight and [bm, bn] work per block
+                   instead of [bn, 128] dequant work. Large M: the tile is dequantized in registers,
                    W = (q - z) s rounded to x.dtype (as AWQ's kernels do), and the MMA accumulates
                    in place (the small-M form keeps a second [bm, bn] accumulator live).
     wmode "sym"    int8 packed, per-channel scale in the epilogue.
@@ -48,9 +47,14 @@ MAGIC_X_SPLIT = False
 # q + 8 in [0, 15], with 8 * sum_k x_q subtracted once per row; g128 as q * s_g directly. Module flag
 # for same-run A/B timing.
 WORD_UNPACK = True
-# Per-channel w4a8 with WORD_UNPACK: True = feed q + 8 and subtract 8 * sum_k x_q (an XLA pre-pass over
-# x); False = sign-extend in registers (one add and one XOR more per word, no pre-pass). A/B flag.
-W4A8_ROW_SUM = True
+# Per-row sums of x that small-M w4a16 (the zero point) and per-channel w4a8 (the + 8 offset) need.
+# "dot": in the kernel, one more MMA per x tile against a constant tile (ones; -8 for w4a8), nearly free
+# at decode sizes (the unpack, not the tensor cores, bounds the loop) and no XLA pass around the kernel;
+# "xla": an XLA pre-pass over x whose result is passed in. Module flag for same-run A/B timing.
+ROW_SUMS = "dot"
+# Per-channel w4a8 with WORD_UNPACK: True = sign-extend q in registers (one add and one XOR more per
+# word) and need no row sums at all. A/B flag.
+W4A8_SEXT = False
 # (bits of 16.0, first mantissa bit worth 1 at that exponent): 16.0 with q in mantissa bits
 # [pos, pos + 4) is exactly 16 + q. 16 is the smallest offset with a 4-bit q of step 1 (bf16 has 7
 # mantissa bits, fp16 10), and a small offset keeps the MMA's float32 sums of x (16 + q) close in
@@ -107,7 +111,7 @@ class _Plan:
   has_outliers: bool
 
 
-def _magic_block(w_ref, load_x, b, dtype, x_split):
+def _magic_block(w_ref, load_x, b, dtype, x_split, sum_dot):
   """One pack block of the 16-bit product, int4 -> float by bit operations on 32-bit words.
 
   w_ref is the packed weight as uint32 [bn, Kp/8]: word j of block b is bytes 4j..4j+3 (byte i
@@ -119,11 +123,12 @@ def _magic_block(w_ref, load_x, b, dtype, x_split):
   position t = 0..3 of the words feeds one K = 32 dot. Its columns 2 j + h are k = 128 b + 64 a + 2 (2 j + h)
   + byte: the even (byte 0) or odd (byte 1) columns of x's half a, which the kernel splits off in
   registers (x_split) or the wrapper lays out contiguously beforehand (`magic_x_order`).
-  Returns x . (16 + q) [bm, bn] f32.
+  Returns x . (16 + q) [bm, bn] f32, and with sum_dot also sum_k x over the block, broadcast to
+  [bm, bn] by an MMA against an all-ones tile (else None).
   """
   bits, pos = _MAGIC[jnp.dtype(dtype)]
   p = w_ref[:, pl.ds(b * (HALF // 4), HALF // 4)]  # [bn, 16] uint32
-  d = None
+  d = xs = None
   if x_split:  # [bm, 64] half a -> its even and odd columns, [bm, 32] each
     halves = [load_x(b * PACK_BLOCK + a * HALF, HALF) for a in range(2)]
     parts = [jnp.unstack(h.reshape(h.shape[0], HALF // 2, 2), axis=-1) for h in halves]
@@ -138,23 +143,34 @@ def _magic_block(w_ref, load_x, b, dtype, x_split):
     dt = jax.lax.dot_general(xt, jax.lax.bitcast_convert_type(w, dtype), _NT,
                              preferred_element_type=jnp.float32)
     d = dt if d is None else d + dt
-  return d
+    if sum_dot:
+      st = _const_dot(xt, p.shape[0], 1, jnp.float32)
+      xs = st if xs is None else xs + st
+  return d, xs
 
 
-def _word_unpack_block(w_ref, load_x, b, sg=None, sext=False):
+def _const_dot(xt, bn, value, acc_dtype):
+  """xt [bm, kt] . full([bn, kt], value).T = value * sum_k xt, as [bm, bn]: a row sum laid out like the
+  accumulator, on the tensor cores (a constant operand, no reduction shuffles)."""
+  c = jnp.full((bn, xt.shape[1]), value, xt.dtype)
+  return jax.lax.dot_general(xt, c, _NT, preferred_element_type=acc_dtype)
+
+
+def _word_unpack_block(acc, w_ref, load_x, b, sg=None, sext=False, sum_dot=False):
   """One pack block of signed int4 as two int8 dots, unpacked four values per 32-bit operation.
 
   w_ref is the packed weight as uint32 [bn, Kp/8]; word j of block b is bytes 4j..4j+3, whose low
   nibbles are k = 128b + 4j + i and high nibbles k = 128b + 64 + 4j + i (i = byte, little end
   first), so the bytes land in K order with no shuffle. `int4_pack.nibble_bytes_to_int8` turns four
   codes into int8 bytes per word operation:
-  sg None (per-channel): q + 8 (one XOR), and the caller subtracts 8 sum_k x[m, k]; or, with sext, q.
+  sg None (per-channel): q + 8 (one XOR), and 8 sum_k x[m, k] comes off: here with sum_dot (an MMA
+  against a constant -8 tile), else in the caller; or, with sext, q.
   sg [bn, 1] (QQQ g128, s_g in [1, 15]): the exact int8 q s_g (one multiply-add and two XORs).
-  Returns x . (q + 8), x . q or x . (q s_g) [bm, bn] int32, exact.
+  Returns acc [bm, bn] int32 + x . (q + 8), x . q or x . (q s_g), exact. Each dot adds straight onto
+  acc (Triton folds `acc + dot` into the MMA's accumulator; a sum of dots added later costs an add).
   """
   p = w_ref[:, pl.ds(b * (HALF // 4), HALF // 4)]  # [bn, 16] uint32
   sg = None if sg is None else sg.astype(jnp.uint32)
-  d = None
   for t in range(2):
     v = (jnp.right_shift(p, jnp.uint32(4)) if t else p) & jnp.uint32(0x0F0F0F0F)
     u = nibble_bytes_to_int8(v, sg, offset=sg is None and not sext)
@@ -162,10 +178,11 @@ def _word_unpack_block(w_ref, load_x, b, sg=None, sext=False):
     # [bn, 16, 2, 2]: element [j, e, p] = byte 2 e + p (2-way stacks only, as Triton's join)
     q = jnp.stack([jnp.stack(byte[0::2], axis=-1), jnp.stack(byte[1::2], axis=-1)], axis=-1)
     q = q.reshape(p.shape[0], HALF)  # [bn, 64]
-    dt = jax.lax.dot_general(load_x(b * PACK_BLOCK + t * HALF, HALF), q, _NT,
-                             preferred_element_type=jnp.int32)
-    d = dt if d is None else d + dt
-  return d
+    xt = load_x(b * PACK_BLOCK + t * HALF, HALF)
+    acc = acc + jax.lax.dot_general(xt, q, _NT, preferred_element_type=jnp.int32)
+    if sum_dot:
+      acc = acc + _const_dot(xt, p.shape[0], -8, jnp.int32)
+  return acc
 
 
 def magic_x_order(x):
@@ -179,12 +196,13 @@ def magic_x_order(x):
 
 
 def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks_per_group,
-               dequant, magic, x_split, words):
+               dequant, magic, x_split, words, row_sums):
   refs = list(refs)
   x_ref = refs.pop(0)                                # [bm, Kp] or [bm, Kp/2]
   sx_ref = refs.pop(0) if plan.has_sx else None      # [bm] f32
-  x8_ref = refs.pop(0) if words == "sym" else None  # [bm] int32: 8 sum_k x_q over this K slice
-  xsum_ref = refs.pop(0) if plan.wmode == "asym" and not dequant else None  # [bm, G] f32
+  xla_sums = row_sums == "xla"
+  x8_ref = refs.pop(0) if words == "sym" and xla_sums else None  # [bm] int32: 8 sum_k x_q, this K slice
+  xsum_ref = refs.pop(0) if plan.wmode == "asym" and not dequant and xla_sums else None  # [bm, nb] f32
   mx_ref = refs.pop(0) if plan.has_zp else None      # [bm] f32
   w_ref = refs.pop(0)                                # [bn, Kp/2] packed
   if plan.wmode == "asym":
@@ -216,19 +234,21 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
     g = pl.ds(b // blocks_per_group, 1)
     return z_ref[g, :].astype(jnp.float32), s_ref[g, :].astype(jnp.float32), g
 
-  def xsum_of(g):  # [bm, 1]
+  def xsum_of(b):  # [bm, 1]: sum_k x over pack block b
+    cols = pl.ds(b, 1)
     if ragged:
-      return plgpu.load(xsum_ref.at[:, g], mask=rmask, other=0)
-    return xsum_ref[:, g]
+      return plgpu.load(xsum_ref.at[:, cols], mask=rmask, other=0)
+    return xsum_ref[:, cols]
 
   def block(b, acc):  # one pack block of 128 columns
-    if words:  # "sym": x . (q + 8), corrected after the loop; "sext": x . q; "qqq": x . (q s_g)
+    if words:  # "sym": x . (q + 8) - 8 sum x (here, or after the loop); "sext": x . q; "qqq": x . (q s_g)
       sg = sg_ref[:, pl.ds(b // blocks_per_group, 1)] if words == "qqq" else None  # [bn, 1] int8
-      return acc + _word_unpack_block(w_ref, load_x, b, sg, sext=words == "sext")
+      return _word_unpack_block(acc, w_ref, load_x, b, sg, sext=words == "sext",
+                                sum_dot=words == "sym" and not xla_sums)
     if magic:  # d = x . (16 + q): the offset joins the zero point
       z, s, g = group_terms(b)
-      d = _magic_block(w_ref, load_x, b, x_ref.dtype, x_split)
-      return acc + (d - xsum_of(g) * (z + MAGIC_OFFSET)) * s
+      d, xs = _magic_block(w_ref, load_x, b, x_ref.dtype, x_split, sum_dot=not xla_sums)
+      return acc + (d - (xsum_of(b) if xla_sums else xs) * (z + MAGIC_OFFSET)) * s
     lo, hi = unpack_halves(w_ref[:, pl.ds(b * HALF, HALF)])  # [bn, 64] int8 each
     if plan.xmode == "packed":
       x_lo, x_hi = unpack_halves(load_x(b * HALF, HALF))     # [bm, 64] int8 each
@@ -249,7 +269,9 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
       d = (jax.lax.dot_general(x_lo, lo.astype(x_lo.dtype), _NT, preferred_element_type=jnp.float32)
            + jax.lax.dot_general(x_hi, hi.astype(x_hi.dtype), _NT,
                                  preferred_element_type=jnp.float32))
-      return acc + (d - xsum_of(g) * z) * s  # this block's group: acc += s * (x.q - xsum * z)
+      bn = lo.shape[0]
+      xs = xsum_of(b) if xla_sums else _const_dot(x_lo, bn, 1, jnp.float32) + _const_dot(x_hi, bn, 1, jnp.float32)
+      return acc + (d - xs * z) * s  # this block's group: acc += s * (x.q - xsum * z)
     return (acc + jax.lax.dot_general(x_lo, lo, _NT, preferred_element_type=jnp.int32)
             + jax.lax.dot_general(x_hi, hi, _NT, preferred_element_type=jnp.int32))
 
@@ -264,7 +286,7 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
 
   acc_t = jnp.float32 if plan.xmode == "f16" else jnp.int32
   acc = jax.lax.fori_loop(0, per, body, jnp.zeros((bm, w_ref.shape[0]), acc_t))
-  if words == "sym":  # x . (q + 8) - 8 sum x: exact in int32
+  if x8_ref is not None:  # x . (q + 8) - 8 sum x: exact in int32
     acc = acc - (plgpu.load(x8_ref.at[:], mask=rmask[:, 0], other=0) if ragged else x8_ref[...])[:, None]
   y = acc.astype(jnp.float32)
 
@@ -328,17 +350,20 @@ def w4_matmul(x, w_q, *, plan: _Plan, kernel: str, s_x=None, m_x=None, scale=Non
     in_specs.append(pl.BlockSpec((bm,), row))
     args.append(s_x)
   words = plan.wmode if WORD_UNPACK and plan.xmode == "int8" and plan.wmode in ("sym", "qqq") else None
-  if words == "sym" and not W4A8_ROW_SUM:
+  if words == "sym" and W4A8_SEXT:
     words = "sext"
-  if words == "sym":  # 8 sum_k x_q over each K slice [S, M] int32, one XLA fusion
+  row_sums = ROW_SUMS
+  if row_sums not in ("dot", "xla"):
+    raise ValueError(f"_w4_common.ROW_SUMS={row_sums!r}; expected 'dot' or 'xla'")
+  if words == "sym" and row_sums == "xla":  # 8 sum_k x_q over each K slice [S, M] int32, one XLA fusion
     kslice = pl.cdiv(nb // u, split_k) * u * PACK_BLOCK
     xs = jnp.pad(x.astype(jnp.int32), ((0, 0), (0, split_k * kslice - kp)))
     in_specs.append(pl.BlockSpec((None, bm), lambda i, *r: (r[0] if r else 0, ids(i)[0])))
     args.append(8 * jnp.sum(xs.reshape(m, split_k, kslice), axis=2).T)
   dequant = plan.wmode == "asym" and bm >= 64
-  if plan.wmode == "asym" and not dequant:  # per-group row sums of x [M, G], one XLA fusion
-    xsum = jnp.sum(x.astype(jnp.float32).reshape(m, g, -1), axis=2)
-    in_specs.append(pl.BlockSpec((bm, g), lambda i, *_: (ids(i)[0], 0)))
+  if plan.wmode == "asym" and not dequant and row_sums == "xla":  # row sums per pack block [M, nb]
+    xsum = jnp.sum(x.astype(jnp.float32).reshape(m, nb, PACK_BLOCK), axis=2)
+    in_specs.append(pl.BlockSpec((bm, nb), lambda i, *_: (ids(i)[0], 0)))
     args.append(xsum)
   if plan.has_zp:
     in_specs.append(pl.BlockSpec((bm,), row))
@@ -376,7 +401,7 @@ def w4_matmul(x, w_q, *, plan: _Plan, kernel: str, s_x=None, m_x=None, scale=Non
   kern = functools.partial(_w4_kernel, plan=plan, m=m, bm=bm, nb=nb, u=u, num_m=num_m,
                            num_n=num_n, group_m=cfg.group_m, split_k=split_k,
                            blocks_per_group=blocks_per_group, dequant=dequant, magic=magic,
-                           x_split=MAGIC_X_SPLIT, words=words)
+                           x_split=MAGIC_X_SPLIT, words=words, row_sums=row_sums)
   return tiled_pallas_call(kern, in_specs, args, ids=ids, m=m, n=n, bm=bm, bn=bn,
                            num_tiles=num_m * num_n, split_k=split_k, out_dtype=out_dtype, cfg=cfg,
                            interpret=interpret, name=f"{kernel}_matmul", bias=bias,

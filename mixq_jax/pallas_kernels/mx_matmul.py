@@ -5,25 +5,32 @@ Shape letters: M tokens, N output features, K4p / K6p the padded MXFP4 / MXFP6 p
 
     y[m, n] = sum over 32-blocks b of  2^(ex[m, b] + ew[n, b]) * sum_{k in b} xe[m, k] * we[n, k]
 
-Two paths, chosen by `use_fp8` (default: the bf16 path; see `_default_use_fp8` for why):
+Two paths, chosen by `use_fp8` (default: the 16-bit path; see `_default_use_fp8` for why):
 
 * FP8: the E2M1 codes are decoded in registers to E4M3 (exact), MXFP6 weights are already E4M3
   bytes; each 32-wide K step is one FP8 MMA (f32 accumulate) whose result is scaled by
   2^ex[m] * 2^ew[n] and added to the float32 accumulator.
-* bf16 (Ampere; also the default on Hopper): the float8 operands (x_e, MXFP6 weights) are
-  widened to bf16 by XLA before the call (pre-Ada Triton cannot convert from float8; an extra
-  pass over x and the MXFP6 columns, small at decode); E2M1 codes are decoded in registers; both
-  block scales are applied to the operands in bf16 (exact: a power of two times a value of <= 4
-  significant bits, within bf16's exponent range), so the bf16 MMA accumulates in place.
+* 16-bit (Ampere; also the default on Hopper). Pre-Ada Triton cannot convert from float8, so XLA widens
+  the float8 operands (x_e, MXFP6 weights) before the call, an extra pass over x and the MXFP6 columns
+  (small at decode). With `FP4_DECODE = "words"` (default) the operands are fp16: E4M3 values are
+  exact in fp16, and `_fp4_word_pairs` turns two E2M1 codes into fp16 values (times 2^-14, exact) per
+  32-bit shift / mask / OR; each 32-wide block's fp16 MMA partial is scaled by 2^ex[m] 2^ew[n] 2^14 and
+  added to the float32 accumulator (x's MXFP4 part is reordered by XLA in the same pass to match the
+  decode's column order, `mx_x_order`). With "bits" / "float" the operands are bf16, the block scales
+  are applied to them (exact: a power of two times a value of <= 4 significant bits, within bf16's
+  exponent range), and the bf16 MMA accumulates in place; the E2M1 decode then costs ~3x the
+  instructions (`bench/inspect_kernels.py`).
 
 Exact vs rounded: every element, every scale and every product is exact (E4M3 x E2M1/E3M2
-products have <= 8 significant bits); the block sums are summed in float32, so on the bf16 path
+products have <= 8 significant bits); the block sums are summed in float32, so on the 16-bit path
 the only rounding is float32 accumulation (and the final cast). On the FP8 path on Hopper each
 32-term block sum is formed by an FP8 wgmma (see `_triton.allow_fp8_wgmma`), whose internal
 accumulator NVIDIA does not document as full float32 (DeepSeek-V3 measured about 14 bits), before
 it is promoted to the float32 accumulator: expect per-block sums rounded to roughly that. The reference decodes everything to float32 exactly and
 contracts at HIGHEST precision. E8M0 code 0 (2^-127) decodes to 0 in the kernel (f32 subnormal);
-such blocks have amax < 2^-118 and do not occur for bf16 inputs of practical size.
+such blocks have amax < 2^-118 and do not occur for bf16 inputs of practical size. On the "words"
+path the 2^14 goes with the activation scale, so activation codes above 240 (block amax >= 2^113)
+would overflow; bf16 activations of practical size stay far below.
 """
 
 import functools
@@ -42,9 +49,10 @@ from mixq_jax.pallas_kernels.w8a8_matmul import _NT, _tile_ids
 from mixq_jax.pallas_kernels.w8a8_matmul_hopper import on_hopper
 
 
-def _pow2(s):
-  """E8M0 codes (any int dtype) -> 2^(s - 127) float32, by placing s in the f32 exponent field."""
-  return jax.lax.bitcast_convert_type(jnp.left_shift(s.astype(jnp.int32), 23), jnp.float32)
+def _pow2(s, offset=0):
+  """E8M0 codes (any int dtype) -> 2^(s + offset - 127) float32, by placing s + offset in the f32 exponent
+  field (codes up to 254 - offset)."""
+  return jax.lax.bitcast_convert_type(jnp.left_shift(s.astype(jnp.int32) + offset, 23), jnp.float32)
 
 
 def _fp4_values(c):
@@ -76,15 +84,48 @@ def _fp4_scaled_bf16(c, ws):
   return jax.lax.bitcast_convert_type(bits.astype(jnp.int16), jnp.bfloat16)
 
 
-# How the bf16 path decodes E2M1 weights: "bits" (_fp4_scaled_bf16) or "float" (_fp4_values times
-# the scale in float32, the first version; kept for same-run A/B timing in bench/gemm4.py).
-FP4_DECODE = "bits"
+# How the 16-bit path decodes E2M1 weights: "words" (`_fp4_word_pairs`: two codes to fp16 per 32-bit
+# shift / mask / OR, fp16 MMA, block scales on the per-block partial), "bits" (`_fp4_scaled_bf16`, one
+# code per int32 lane, scales on the bf16 operands) or "float" (`_fp4_values` times the scale in float32,
+# the first version). Module flag for same-run A/B timing.
+FP4_DECODE = "words"
+_FP4_MAG, _FP4_SIGN = 0x0E000E00, 0x80008000  # fp16 bits [11:9] (exponent low 2, mantissa top) and 15
+_FP4_F16_SHIFT = 14  # _fp4_word_pairs' values are the E2M1 values times 2^-14
+
+
+def _fp4_word_pairs(p, pos):
+  """uint32 words [bn, W] of packed E2M1 codes -> [bn, 2 W] fp16 = value * 2^-14 (exact), from the code
+  at bits [pos, pos + 4) of each 16-bit half word: two codes per shift / mask / OR, no conversion.
+
+  A code's magnitude bits (e1 e0 m), moved to fp16 bits [11:9], are the exponent field e and the top
+  mantissa bit m: (1 + m/2) 2^(e - 15) for e >= 1 and the subnormal m 2^-15 for e = 0, i.e. the E2M1
+  value ((1 + m/2) 2^(e-1), or m/2) times 2^-14. Its sign bit goes to bit 15. (bf16 would make code 1 a
+  float32 subnormal, which CPUs flush to zero; an fp16 subnormal widens to a normal float32.) The low
+  half word's value comes first, so with pos = 8 e + 4 a word j gives columns 2 j (byte e) and
+  2 j + 1 (byte e + 2), as `mx_x_order` lays out x.
+  """
+  mag = jnp.right_shift(p, jnp.uint32(pos - 9)) if pos >= 9 else jnp.left_shift(p, jnp.uint32(9 - pos))
+  bits = (mag & jnp.uint32(_FP4_MAG)) | (jnp.left_shift(p, jnp.uint32(12 - pos)) & jnp.uint32(_FP4_SIGN))
+  lo = (bits & jnp.uint32(0xFFFF)).astype(jnp.uint16)
+  hi = jnp.right_shift(bits, jnp.uint32(16)).astype(jnp.uint16)
+  w = jnp.stack([lo, hi], axis=-1).reshape(p.shape[0], 2 * p.shape[1])
+  return jax.lax.bitcast_convert_type(w, jnp.float16)
+
+
+def mx_x_order(x):
+  """x [M, Kt] -> the same values with each 32-block in `_fp4_word_pairs`' column order: block column
+  k = 4 j + e + 2 h (word j, byte e of the low half word, h = half word) moves to 16 e + 2 j + h."""
+  m, kt = x.shape
+  return x.reshape(m, kt // BLOCK, BLOCK // 4, 2, 2).transpose(0, 1, 4, 2, 3).reshape(m, kt)
 
 
 def _mx_kernel(x_ref, xs_ref, w4_ref, s4_ref, w6_ref, s6_ref, o_ref, *, nb4, nb6, k4p, u,
-               use_fp8):
-  # x_ref [bm, Kt] f8; xs_ref [bm, Kt/32] u8; w4_ref [bn, K4p/2] u8; s4_ref [bn, K4p/32] u8;
-  # w6_ref [bn, K6p] f8 | None; s6_ref [bn, K6p/32] u8 | None; o_ref [bm, bn].
+               use_fp8, words, xs4_ref=None):
+  # x_ref [bm, Kt] f8 (widened to bf16 on the 16-bit path, to fp16 with its MXFP4 part in
+  # `mx_x_order` with `words`); xs_ref [bm, Kt/32] u8; w4_ref [bn, K4p/2] u8 (uint32 [bn, K4p/8] with
+  # words); s4_ref [bn, K4p/32] u8 (uint32 [bn, K4p/128] with words: the 4 codes of a pack block in one
+  # word); w6_ref [bn, K6p] f8 (bf16 / fp16) | None; s6_ref [bn, K6p/32] u8 | None; o_ref [bm, bn];
+  # xs4_ref [bm, K4p/128] uint32 (words only: x's MXFP4-part scale codes, 4 per word).
   # M is padded to a multiple of bm by the wrapper: a masked load's fill value cannot be converted
   # to float8 by the Triton lowering (seen on H100, jax 0.11.2), so this kernel never masks.
   bn = o_ref.shape[1]
@@ -97,9 +138,9 @@ def _mx_kernel(x_ref, xs_ref, w4_ref, s4_ref, w6_ref, s6_ref, o_ref, *, nb4, nb6
     wv [bn, 32] (float32, bf16 or f8) with E8M0 codes ws [bn, 1] (already applied if `scaled`)."""
     xe = load_rows(x_ref, pl.ds(xcol, BLOCK))            # [bm, 32] f8
     sx = _pow2(load_rows(xs_ref, pl.ds(xblk, 1)))        # [bm, 1]
-    if use_fp8:
+    if use_fp8 or words:  # fp16 with words: element products exact, scales on the partial
       sw = jnp.reshape(_pow2(ws), (1, bn))               # [1, bn]
-      d = jax.lax.dot_general(xe, wv.astype(jnp.float8_e4m3fn), _NT,
+      d = jax.lax.dot_general(xe, wv if words else wv.astype(jnp.float8_e4m3fn), _NT,
                               preferred_element_type=jnp.float32)
       return acc + d * sx * sw
     # Both block scales go on the operands (exact in bf16), so the MMA accumulates in place.
@@ -107,7 +148,28 @@ def _mx_kernel(x_ref, xs_ref, w4_ref, s4_ref, w6_ref, s6_ref, o_ref, *, nb4, nb6
     wb = wv if scaled else (wv.astype(jnp.float32) * _pow2(ws)).astype(jnp.bfloat16)
     return acc + jax.lax.dot_general(xb, wb, _NT, preferred_element_type=jnp.float32)
 
+  def fp4_word_block(b, acc):  # 128 columns: words [16b, 16b+8) and [16b+8, 16b+16)
+    # The block's four E8M0 codes per row / column in one word each: one load, not four strided ones.
+    xw = load_rows(xs4_ref, pl.ds(b, 1))                              # [bm, 1] uint32
+    ww = jnp.reshape(load_rows(s4_ref, pl.ds(b, 1)), (1, bn))         # [1, bn] uint32
+    code = lambda word, i: jnp.right_shift(word, jnp.uint32(8 * i)) & jnp.uint32(0xFF)
+    for half in range(2):
+      p = w4_ref[:, pl.ds(b * (HALF // 4) + half * (BLOCK // 4), BLOCK // 4)]  # [bn, 8] uint32
+      for a in range(2):  # low nibbles: k = 32 half + byte; high: k = 64 + 32 half + byte
+        j = 4 * b + half + 2 * a  # 32-block index within the MXFP4 part
+        d = None
+        for e in range(2):  # bytes e and e + 2 of each word: x columns [32 j + 16 e, + 16)
+          xt = load_rows(x_ref, pl.ds(j * BLOCK + e * (BLOCK // 2), BLOCK // 2))  # [bm, 16] fp16
+          dt = jax.lax.dot_general(xt, _fp4_word_pairs(p, 8 * e + 4 * a), _NT,
+                                   preferred_element_type=jnp.float32)
+          d = dt if d is None else d + dt
+        sx = _pow2(code(xw, half + 2 * a), _FP4_F16_SHIFT)              # [bm, 1]
+        acc = acc + d * sx * _pow2(code(ww, half + 2 * a))               # _pow2(...) [1, bn]
+    return acc
+
   def fp4_block(b, acc):  # 128 columns: bytes [64b, 64b+32) and [64b+32, 64b+64)
+    if words:
+      return fp4_word_block(b, acc)
     for half in range(2):
       lo, hi = unpack_halves(w4_ref[:, pl.ds(b * HALF + half * BLOCK, BLOCK)])  # [bn, 32] each
       for sub, codes in ((half, lo), (2 + half, hi)):  # lo: k = 32 half + j; hi: k = 64 + ...
@@ -211,22 +273,39 @@ def mx_matmul(
   ids = functools.partial(_tile_ids, num_m=num_m, num_n=num_n, group_m=cfg.group_m)
   rows = lambda i: (ids(i)[0], 0)
   cols = lambda i: (ids(i)[1], 0)
+  words = FP4_DECODE == "words" and not use_fp8
+  w4 = w.w4
   in_specs = [pl.BlockSpec((bm, x_e.shape[1]), rows), pl.BlockSpec((bm, x_s.shape[1]), rows),
-              pl.BlockSpec((bn, w.w4.shape[1]), cols), pl.BlockSpec((bn, w.s4.shape[1]), cols)]
+              pl.BlockSpec((bn, w4.shape[1]), cols), pl.BlockSpec((bn, w.s4.shape[1]), cols)]
   w6 = w.w6
   if not use_fp8:  # pre-Ada Triton cannot convert from float8: widen the f8 operands in XLA
     x_e = x_e.astype(jnp.bfloat16)
     w6 = w6.astype(jnp.bfloat16) if k6p else None
-  args = [x_e, x_s, w.w4, w.s4]
+  args = [x_e, x_s, w4, w.s4]
+  if words:  # fp16 operands (E4M3 values are exact in fp16), x's MXFP4 part reordered in the same
+    # XLA pass; w4 read as uint32 words (a bitcast)
+    x16 = x_e.astype(jnp.float16)
+    args[0] = jnp.concatenate([mx_x_order(x16[:, :k4p]), x16[:, k4p:]], axis=1) if k6p else mx_x_order(x16)
+    args[2] = jax.lax.bitcast_convert_type(w4.reshape(n, -1, 4), jnp.uint32)
+    in_specs[2] = pl.BlockSpec((bn, args[2].shape[1]), cols)
+    w6 = w.w6.astype(jnp.float16) if k6p else None
   if k6p:
     in_specs += [pl.BlockSpec((bn, k6p), cols), pl.BlockSpec((bn, w.s6.shape[1]), cols)]
     args += [w6, w.s6]
+  if words:  # scale codes of the MXFP4 part as uint32 words, 4 per pack block (a bitcast when k6p = 0)
+    as_words = lambda a: jax.lax.bitcast_convert_type(a.reshape(a.shape[0], -1, 4), jnp.uint32)
+    args[3] = as_words(w.s4)
+    in_specs[3] = pl.BlockSpec((bn, nb4), cols)
+    in_specs.append(pl.BlockSpec((bm, nb4), rows))
+    args.append(as_words(x_s[:, : k4p // BLOCK]))
 
   def kernel_fn(*refs):
     refs = list(refs)
+    xs4 = refs.pop(-2) if words else None  # the last input
     if not k6p:
       refs[4:4] = [None, None]
-    _mx_kernel(*refs, nb4=nb4, nb6=k6p // BLOCK, k4p=k4p, u=u, use_fp8=use_fp8)
+    _mx_kernel(*refs, nb4=nb4, nb6=k6p // BLOCK, k4p=k4p, u=u, use_fp8=use_fp8, words=words,
+               xs4_ref=xs4)
 
   out = pl.pallas_call(
       kernel_fn,
