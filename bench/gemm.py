@@ -120,10 +120,11 @@ def time_call_unrolled(fn, sets, samples=10):
   return statistics.median(per)
 
 
-def device_time(fn, sets, reps=3):
-  """Seconds of device time per call of `fn(*s)` from a profiler trace of the sets unrolled in one jit
-  (every kernel of the program, summed: `bench/trace_summary.py`'s busy time). Unlike `time_call` it
-  leaves out dispatch and the timing loop's carry, so next to it it shows what the harness adds."""
+def device_profile(fn, sets, reps=3):
+  """(seconds of device time, device kernels) per call of `fn(*s)`, from a profiler trace of the sets
+  unrolled in one jit (every kernel of the program, summed: `bench/trace_summary.py`'s busy time).
+  Unlike `time_call` it leaves out dispatch and the timing loop's carry, so next to it it shows what the
+  harness adds; the kernel count says how many launches one call makes (the GEMM plus any XLA passes)."""
   import tempfile  # noqa: PLC0415
   import trace_summary  # noqa: PLC0415 -- bench/ is on sys.path when this file runs
   multi = jax.jit(lambda ss: [fn(*s) for s in ss])
@@ -132,8 +133,13 @@ def device_time(fn, sets, reps=3):
     with jax.profiler.trace(d, create_perfetto_trace=True):
       for _ in range(reps):
         jax.block_until_ready(multi(sets))
-    busy = trace_summary.summarize(d, top=1)["busy_us"]
-  return busy * 1e-6 / (reps * len(sets))
+    s = trace_summary.summarize(d, top=1)
+  return s["busy_us"] * 1e-6 / (reps * len(sets)), s["events"] / (reps * len(sets))
+
+
+def device_time(fn, sets, reps=3):
+  """Seconds of device time per call of `fn(*s)` (`device_profile`)."""
+  return device_profile(fn, sets, reps)[0]
 
 
 def max_rel_err(y, ref):

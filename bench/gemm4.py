@@ -1,6 +1,7 @@
 """GEMM benchmark rows for the 4-bit and MX kernels (issue 8), on bench/gemm.py's protocol.
 
     python bench/gemm4.py [--models 7b,70b] [--ms 1,16,1024,4096] [--kernels ...] [--configs "BM,BN,BK,W,S;..."] [--json OUT]
+                          [--device-time]
     python bench/gemm4.py --tune [--models 7b,70b] [--shapes qkvo,down,q_o] [--kernels w4a16,w4a8,w4a8g]
 
 Kernels: w4a16 (AWQ g128), w4a8 (QQQ per-channel), w4a8g (QQQ g128), w4a4o16 (MixQ-4, 128
@@ -142,7 +143,14 @@ def run_one(kind, m, n, k, samples, config=None):
   t_est = gemm.est_seconds(m, n, k, sb + 2 * m * n)
   sets = [make_set(kind, m, n, k, i) for i in range(gemm.n_sets(t_est, sb))]
   err = gemm.max_rel_err(fn(*sets[0]), ref(*sets[0]))
-  return gemm.time_call(fn, sets, samples, t_est=t_est), err
+  t = gemm.time_call(fn, sets, samples, t_est=t_est)
+  global LAST_PROFILE
+  LAST_PROFILE = gemm.device_profile(fn, sets) if DEVICE_TIME else None
+  return t, err
+
+
+DEVICE_TIME = False  # --device-time: run_one also profiles each call (gemm.device_profile) into LAST_PROFILE
+LAST_PROFILE = None  # (device seconds, device kernels) per call of the last run_one, or None
 
 
 # Decode (M <= 16) candidates per kernel: (block_m, block_n, block_k, warps, stages, split_k). At M <= 16 a
@@ -222,9 +230,15 @@ def main():
   p.add_argument("--tune", action="store_true",
                  help="sweep the decode configs (TUNE_CANDIDATES, M <= 16) of w4a16, w4a8, w4a8g on --models / "
                       "--shapes and rewrite mixq_jax/pallas_kernels/tuned_table.py with the fastest per shape")
+  p.add_argument("--device-time", action="store_true",
+                 help="also profile each call: device time (kernels only, no dispatch) and the number of device "
+                      "kernels one call launches (the GEMM plus the XLA passes around it), in the JSON and a "
+                      "second table")
   a = p.parse_args()
   if a.tune:
     return tune(a)
+  global DEVICE_TIME
+  DEVICE_TIME = gemm.DEVICE_TIME = a.device_time
   kinds = a.kernels.split(",")
   extra = parse_configs(a.configs)
   info = gemm.env_info()
@@ -232,7 +246,7 @@ def main():
   keep = None if a.shapes is None else a.shapes.split(",")
   shapes = [(f"{mdl}/{nm}", nk) for mdl in a.models.split(",")
             for nm, nk in gemm.SHAPES[mdl].items() if keep is None or nm in keep]
-  rows, records, cols = [], [], []
+  rows, records, cols, prof = [], [], [], []
   for (label, (n, k)), m in itertools.product(shapes, [int(v) for v in a.ms.split(",")]):
     t_bf16, _, _ = gemm.run_one("bf16", m, n, k, samples=a.samples)
     row = {"shape": label, "M": m, "N": n, "K": k, "bf16": t_bf16 * 1e6}
@@ -253,6 +267,10 @@ def main():
         records.append(dict(kernel=kind, M=m, N=n, K=k, shape=label, time_us=t * 1e6, bf16_time_us=t_bf16 * 1e6,
                             speedup=t_bf16 / t, max_rel_err=err,
                             config=None if kind in XLA_KINDS else (cfg or pk_select(kind, m, n, k)).to_dict()))
+        if LAST_PROFILE is not None:
+          records[-1].update(device_us=LAST_PROFILE[0] * 1e6, kernels_per_call=LAST_PROFILE[1],
+                             bf16_device_us=gemm.LAST_DEVICE_S * 1e6)
+          prof.append((label, m, col, t * 1e6, *LAST_PROFILE, gemm.LAST_DEVICE_S))
         print(f"  {col}: {t * 1e6:.1f} us ({t_bf16 / t:.2f}x) err {err:.1e} [{time.perf_counter() - t0:.0f} s]",
               flush=True)
         if a.json:
@@ -260,6 +278,11 @@ def main():
     rows.append(row)
     print(gemm.fmt_row(row, cols), flush=True)
   gemm.print_table(rows, cols, info)
+  if prof:
+    print("\n# per call: timing-loop time next to the profiler's device time (kernels only) and kernel count")
+    print("| shape | M | kernel | us (loop) | device us | kernels | bf16 device us |\n|---|---:|---|---:|---:|---:|---:|")
+    for label, m, col, t_us, dev_s, nk, bf_s in prof:
+      print(f"| {label} | {m} | {col} | {t_us:.1f} | {dev_s * 1e6:.1f} | {nk:.1f} | {bf_s * 1e6:.1f} |")
 
 
 def _cfg_name(c):

@@ -56,3 +56,16 @@ def test_tune_writes_tuned_entries(tmp_path, monkeypatch):
   from mixq_jax.pallas_kernels import configs  # noqa: PLC0415
   text, gpu = out.read_text(), configs.gpu_name()
   assert f"'w4a8|{gpu}|16|256|256'" in text and f"'w4a8|{gpu}|16|*|*'" in text and f"'w4a8|{gpu}':" in text
+
+
+def test_device_time_records_a_profile(tmp_path, monkeypatch, capsys):
+  """--device-time profiles every call: device time and kernels per call go into the JSON and a table."""
+  out = tmp_path / "g4.json"
+  monkeypatch.setattr(gemm4, "DEVICE_TIME", False)
+  monkeypatch.setattr(gemm4.gemm, "DEVICE_TIME", False)
+  monkeypatch.setattr(sys, "argv", ["gemm4.py", "--models", "tiny", "--ms", "1", "--samples", "1",
+                                    "--kernels", "w4a8", "--device-time", "--json", str(out)])
+  gemm4.main()
+  (rec,) = json.loads(out.read_text())["records"]
+  assert rec["device_us"] > 0 and rec["kernels_per_call"] > 0 and rec["bf16_device_us"] > 0
+  assert "| tiny/tiny | 1 | w4a8 |" in capsys.readouterr().out
