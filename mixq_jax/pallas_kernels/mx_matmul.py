@@ -278,17 +278,17 @@ def mx_matmul(
   in_specs = [pl.BlockSpec((bm, x_e.shape[1]), rows), pl.BlockSpec((bm, x_s.shape[1]), rows),
               pl.BlockSpec((bn, w4.shape[1]), cols), pl.BlockSpec((bn, w.s4.shape[1]), cols)]
   w6 = w.w6
-  if not use_fp8:  # pre-Ada Triton cannot convert from float8: widen the f8 operands in XLA
-    x_e = x_e.astype(jnp.bfloat16)
-    w6 = w6.astype(jnp.bfloat16) if k6p else None
-  args = [x_e, x_s, w4, w.s4]
   if words:  # fp16 operands (E4M3 values are exact in fp16), x's MXFP4 part reordered in the same
     # XLA pass; w4 read as uint32 words (a bitcast)
     x16 = x_e.astype(jnp.float16)
-    args[0] = jnp.concatenate([mx_x_order(x16[:, :k4p]), x16[:, k4p:]], axis=1) if k6p else mx_x_order(x16)
-    args[2] = jax.lax.bitcast_convert_type(w4.reshape(n, -1, 4), jnp.uint32)
-    in_specs[2] = pl.BlockSpec((bn, args[2].shape[1]), cols)
-    w6 = w.w6.astype(jnp.float16) if k6p else None
+    x_e = jnp.concatenate([mx_x_order(x16[:, :k4p]), x16[:, k4p:]], axis=1) if k6p else mx_x_order(x16)
+    w4 = jax.lax.bitcast_convert_type(w4.reshape(n, -1, 4), jnp.uint32)
+    in_specs[2] = pl.BlockSpec((bn, w4.shape[1]), cols)
+    w6 = w6.astype(jnp.float16) if k6p else None
+  elif not use_fp8:  # pre-Ada Triton cannot convert from float8: widen the f8 operands in XLA
+    x_e = x_e.astype(jnp.bfloat16)
+    w6 = w6.astype(jnp.bfloat16) if k6p else None
+  args = [x_e, x_s, w4, w.s4]
   if k6p:
     in_specs += [pl.BlockSpec((bn, k6p), cols), pl.BlockSpec((bn, w.s6.shape[1]), cols)]
     args += [w6, w.s6]
