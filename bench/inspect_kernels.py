@@ -111,11 +111,9 @@ def _ttir_passes(ttir: str, num_warps: int, arch: int, tmp: str) -> str:
   """The TTIR-level passes (canonicalize, combine, CSE, ...) that XLA's Triton pipeline runs first.
   `triton.compile` skips the passes of the stage a file is given in, so without this step `acc + dot`
   stays a separate add instead of the MMA's accumulator input, and the counts overstate the loop."""
-  import triton  # noqa: PLC0415
   from triton._C.libtriton import ir  # noqa: PLC0415
   from triton.backends.compiler import GPUTarget  # noqa: PLC0415
   from triton.backends.nvidia.compiler import CUDABackend  # noqa: PLC0415
-  del triton
   raw = pathlib.Path(tmp) / "raw.ttir"
   raw.write_text(ttir)
   ctx = ir.context()

@@ -232,7 +232,7 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
 
   def group_terms(b):  # this block's group: zero point and scale, [1, bn] f32 each
     g = pl.ds(b // blocks_per_group, 1)
-    return z_ref[g, :].astype(jnp.float32), s_ref[g, :].astype(jnp.float32), g
+    return z_ref[g, :].astype(jnp.float32), s_ref[g, :].astype(jnp.float32)
 
   def xsum_of(b):  # [bm, 1]: sum_k x over pack block b
     cols = pl.ds(b, 1)
@@ -246,7 +246,7 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
       return _word_unpack_block(acc, w_ref, load_x, b, sg, sext=words == "sext",
                                 sum_dot=words == "sym" and not xla_sums)
     if magic:  # d = x . (16 + q): the offset joins the zero point
-      z, s, g = group_terms(b)
+      z, s = group_terms(b)
       d, xs = _magic_block(w_ref, load_x, b, x_ref.dtype, x_split, sum_dot=not xla_sums)
       return acc + (d - (xsum_of(b) if xla_sums else xs) * (z + MAGIC_OFFSET)) * s
     lo, hi = unpack_halves(w_ref[:, pl.ds(b * HALF, HALF)])  # [bn, 64] int8 each
@@ -258,7 +258,7 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
       sg = sg_ref[:, pl.ds(b // blocks_per_group, 1)]  # [bn, 1] int8; |q4 * sg| <= 120: exact
       lo, hi = lo * sg, hi * sg
     if plan.xmode == "f16":
-      z, s, g = group_terms(b)
+      z, s = group_terms(b)
       if dequant:  # W = (q - z) s in registers, in-place MMA accumulation
         bn = lo.shape[0]
         zc, sc = jnp.reshape(z, (bn, 1)), jnp.reshape(s, (bn, 1))
