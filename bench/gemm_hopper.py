@@ -16,7 +16,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import gemm  # noqa: E402  (sets XLA_FLAGS before jax is imported)
-import jax  # noqa: E402
 
 from mixq_jax import pallas_kernels as pk  # noqa: E402
 from mixq_jax.pallas_kernels.w8a8_matmul_hopper import (HopperConfig, w8a8_matmul_hopper,  # noqa: E402

@@ -17,7 +17,7 @@ import functools
 import json
 import sys
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -13,7 +13,7 @@ the activation tile in two dots; nothing is concatenated or shuffled.
     wmode "asym"   uint8 + per-group scale/zero [G, N]. Small M (block_m < 64): the group's
                    partial dot is corrected and scaled on the accumulator,
                    acc += s (x.q - xsum z) per pack block, with xsum the block's row sums of x
-                   (`ROW_SUMS`); one int->16-bit convert per weight and [bm, bn] work per block
+                   (an MMA against a ones tile); one int->16-bit convert per weight and [bm, bn] work per block
                    instead of [bn, 128] dequant work. Large M: the tile is dequantized in registers,
                    W = (q - z) s rounded to x.dtype (as AWQ's kernels do), and the MMA accumulates
                    in place (the small-M form keeps a second [bm, bn] accumulator live).
@@ -40,21 +40,9 @@ KERNELS4 = ("w4a16", "w4a8", "w4a8g", "w4a4o16", "mx")
 # Small-M w4a16: int4 -> 16-bit float by the magic-number trick on 32-bit words (`_magic_block`)
 # instead of byte unpack + integer -> float conversion. Module flag for same-run A/B timing.
 MAGIC = True
-# With MAGIC: True = the kernel splits each contiguous 64-column half of x into its even and odd columns
-# (reshape + unstack in registers); False = the wrapper permutes x (`magic_x_order`, one XLA pass). A/B flag.
-MAGIC_X_SPLIT = False
 # w4a8: unpack int4 -> int8 four values per 32-bit operation (`_word_unpack_block`): per-channel as
-# q + 8 in [0, 15], with 8 * sum_k x_q subtracted once per row; g128 as q * s_g directly. Module flag
-# for same-run A/B timing.
+# the sign-extended q, g128 as q * s_g. Module flag for same-run A/B timing against the byte unpack.
 WORD_UNPACK = True
-# Per-row sums of x that small-M w4a16 (the zero point) and per-channel w4a8 (the + 8 offset) need.
-# "dot": in the kernel, one more MMA per x tile against a constant tile (ones; -8 for w4a8), nearly free
-# at decode sizes (the unpack, not the tensor cores, bounds the loop) and no XLA pass around the kernel;
-# "xla": an XLA pre-pass over x whose result is passed in. Module flag for same-run A/B timing.
-ROW_SUMS = "dot"
-# Per-channel w4a8 with WORD_UNPACK: True = sign-extend q in registers (one add and one XOR more per
-# word) and need no row sums at all. A/B flag.
-W4A8_SEXT = False
 # (bits of 16.0, first mantissa bit worth 1 at that exponent): 16.0 with q in mantissa bits
 # [pos, pos + 4) is exactly 16 + q. 16 is the smallest offset with a 4-bit q of step 1 (bf16 has 7
 # mantissa bits, fp16 10), and a small offset keeps the MMA's float32 sums of x (16 + q) close in
@@ -111,7 +99,7 @@ class _Plan:
   has_outliers: bool
 
 
-def _magic_block(w_ref, load_x, b, dtype, x_split, sum_dot):
+def _magic_block(w_ref, load_x, b, dtype):
   """One pack block of the 16-bit product, int4 -> float by bit operations on 32-bit words.
 
   w_ref is the packed weight as uint32 [bn, Kp/8]: word j of block b is bytes 4j..4j+3 (byte i
@@ -121,17 +109,16 @@ def _magic_block(w_ref, load_x, b, dtype, x_split, sum_dot):
   offset with the zero point (z + 16). A 2-way stack (Triton join) and a reshape lay the two values
   of a word side by side along K, the pair one 16-bit MMA operand register holds; each nibble
   position t = 0..3 of the words feeds one K = 32 dot. Its columns 2 j + h are k = 128 b + 64 a + 2 (2 j + h)
-  + byte: the even (byte 0) or odd (byte 1) columns of x's half a, which the kernel splits off in
-  registers (x_split) or the wrapper lays out contiguously beforehand (`magic_x_order`).
-  Returns x . (16 + q) [bm, bn] f32, and with sum_dot also sum_k x over the block, broadcast to
-  [bm, bn] by an MMA against an all-ones tile (else None).
+  + byte: the even (byte 0) or odd (byte 1) columns of x's half a, which the wrapper lays out
+  contiguously beforehand (`magic_x_order`; splitting them in registers instead measured 14% slower
+  on an H100 at 4096 x 4096, M = 1).
+  Returns x . (16 + q) [bm, bn] f32, and sum_k x over the block broadcast to [bm, bn] by an MMA
+  against an all-ones tile: the row sums the zero point needs, with no XLA pass over x (an XLA
+  pre-pass measured 10% slower per call at that shape).
   """
   bits, pos = _MAGIC[jnp.dtype(dtype)]
   p = w_ref[:, pl.ds(b * (HALF // 4), HALF // 4)]  # [bn, 16] uint32
   d = xs = None
-  if x_split:  # [bm, 64] half a -> its even and odd columns, [bm, 32] each
-    halves = [load_x(b * PACK_BLOCK + a * HALF, HALF) for a in range(2)]
-    parts = [jnp.unstack(h.reshape(h.shape[0], HALF // 2, 2), axis=-1) for h in halves]
   for t in range(4):  # nibble position t = 2 byte + a: byte within the half word, a = low / high nibble
     sh = 4 * t - pos  # move nibble t to mantissa bits [pos, pos + 4) of both half words
     q = jnp.right_shift(p, jnp.uint32(sh)) if sh > 0 else jnp.left_shift(p, jnp.uint32(-sh))
@@ -139,13 +126,12 @@ def _magic_block(w_ref, load_x, b, dtype, x_split, sum_dot):
     lo = (q2 & jnp.uint32(0xFFFF)).astype(jnp.uint16)
     hi = jnp.right_shift(q2, jnp.uint32(16)).astype(jnp.uint16)
     w = jnp.stack([lo, hi], axis=-1).reshape(p.shape[0], HALF // 2)  # [bn, 32]: column 2 j + h
-    xt = parts[t % 2][t // 2] if x_split else load_x(b * PACK_BLOCK + t * (HALF // 2), HALF // 2)
+    xt = load_x(b * PACK_BLOCK + t * (HALF // 2), HALF // 2)
     dt = jax.lax.dot_general(xt, jax.lax.bitcast_convert_type(w, dtype), _NT,
                              preferred_element_type=jnp.float32)
     d = dt if d is None else d + dt
-    if sum_dot:
-      st = _const_dot(xt, p.shape[0], 1, jnp.float32)
-      xs = st if xs is None else xs + st
+    st = _const_dot(xt, p.shape[0], 1, jnp.float32)
+    xs = st if xs is None else xs + st
   return d, xs
 
 
@@ -156,32 +142,31 @@ def _const_dot(xt, bn, value, acc_dtype):
   return jax.lax.dot_general(xt, c, _NT, preferred_element_type=acc_dtype)
 
 
-def _word_unpack_block(acc, w_ref, load_x, b, sg=None, sext=False, sum_dot=False):
+def _word_unpack_block(acc, w_ref, load_x, b, sg=None):
   """One pack block of signed int4 as two int8 dots, unpacked four values per 32-bit operation.
 
   w_ref is the packed weight as uint32 [bn, Kp/8]; word j of block b is bytes 4j..4j+3, whose low
   nibbles are k = 128b + 4j + i and high nibbles k = 128b + 64 + 4j + i (i = byte, little end
   first), so the bytes land in K order with no shuffle. `int4_pack.nibble_bytes_to_int8` turns four
   codes into int8 bytes per word operation:
-  sg None (per-channel): q + 8 (one XOR), and 8 sum_k x[m, k] comes off: here with sum_dot (an MMA
-  against a constant -8 tile), else in the caller; or, with sext, q.
+  sg None (per-channel): the sign-extended q (XOR, add, XOR). The alternative, q + 8 (one XOR) with
+  8 sum_k x taken off by an MMA against a constant tile, measured 10% slower per call on an H100 at
+  4096 x 4096, M = 1 and 16 (equal at 8192 x 8192).
   sg [bn, 1] (QQQ g128, s_g in [1, 15]): the exact int8 q s_g (one multiply-add and two XORs).
-  Returns acc [bm, bn] int32 + x . (q + 8), x . q or x . (q s_g), exact. Each dot adds straight onto
+  Returns acc [bm, bn] int32 + x . q or x . (q s_g), exact. Each dot adds straight onto
   acc (Triton folds `acc + dot` into the MMA's accumulator; a sum of dots added later costs an add).
   """
   p = w_ref[:, pl.ds(b * (HALF // 4), HALF // 4)]  # [bn, 16] uint32
   sg = None if sg is None else sg.astype(jnp.uint32)
   for t in range(2):
     v = (jnp.right_shift(p, jnp.uint32(4)) if t else p) & jnp.uint32(0x0F0F0F0F)
-    u = nibble_bytes_to_int8(v, sg, offset=sg is None and not sext)
+    u = nibble_bytes_to_int8(v, sg)
     byte = [(jnp.right_shift(u, jnp.uint32(8 * i)) & jnp.uint32(0xFF)).astype(jnp.int8) for i in range(4)]
     # [bn, 16, 2, 2]: element [j, e, p] = byte 2 e + p (2-way stacks only, as Triton's join)
     q = jnp.stack([jnp.stack(byte[0::2], axis=-1), jnp.stack(byte[1::2], axis=-1)], axis=-1)
     q = q.reshape(p.shape[0], HALF)  # [bn, 64]
     xt = load_x(b * PACK_BLOCK + t * HALF, HALF)
     acc = acc + jax.lax.dot_general(xt, q, _NT, preferred_element_type=jnp.int32)
-    if sum_dot:
-      acc = acc + _const_dot(xt, p.shape[0], -8, jnp.int32)
   return acc
 
 
@@ -196,13 +181,10 @@ def magic_x_order(x):
 
 
 def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks_per_group,
-               dequant, magic, x_split, words, row_sums):
+               dequant, magic, words):
   refs = list(refs)
   x_ref = refs.pop(0)                                # [bm, Kp] or [bm, Kp/2]
   sx_ref = refs.pop(0) if plan.has_sx else None      # [bm] f32
-  xla_sums = row_sums == "xla"
-  x8_ref = refs.pop(0) if words == "sym" and xla_sums else None  # [bm] int32: 8 sum_k x_q, this K slice
-  xsum_ref = refs.pop(0) if plan.wmode == "asym" and not dequant and xla_sums else None  # [bm, nb] f32
   mx_ref = refs.pop(0) if plan.has_zp else None      # [bm] f32
   w_ref = refs.pop(0)                                # [bn, Kp/2] packed
   if plan.wmode == "asym":
@@ -234,21 +216,14 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
     g = pl.ds(b // blocks_per_group, 1)
     return z_ref[g, :].astype(jnp.float32), s_ref[g, :].astype(jnp.float32)
 
-  def xsum_of(b):  # [bm, 1]: sum_k x over pack block b
-    cols = pl.ds(b, 1)
-    if ragged:
-      return plgpu.load(xsum_ref.at[:, cols], mask=rmask, other=0)
-    return xsum_ref[:, cols]
-
   def block(b, acc):  # one pack block of 128 columns
-    if words:  # "sym": x . (q + 8) - 8 sum x (here, or after the loop); "sext": x . q; "qqq": x . (q s_g)
+    if words:  # "sym": x . q; "qqq": x . (q s_g)
       sg = sg_ref[:, pl.ds(b // blocks_per_group, 1)] if words == "qqq" else None  # [bn, 1] int8
-      return _word_unpack_block(acc, w_ref, load_x, b, sg, sext=words == "sext",
-                                sum_dot=words == "sym" and not xla_sums)
+      return _word_unpack_block(acc, w_ref, load_x, b, sg)
     if magic:  # d = x . (16 + q): the offset joins the zero point
       z, s = group_terms(b)
-      d, xs = _magic_block(w_ref, load_x, b, x_ref.dtype, x_split, sum_dot=not xla_sums)
-      return acc + (d - (xsum_of(b) if xla_sums else xs) * (z + MAGIC_OFFSET)) * s
+      d, xs = _magic_block(w_ref, load_x, b, x_ref.dtype)
+      return acc + (d - xs * (z + MAGIC_OFFSET)) * s
     lo, hi = unpack_halves(w_ref[:, pl.ds(b * HALF, HALF)])  # [bn, 64] int8 each
     if plan.xmode == "packed":
       x_lo, x_hi = unpack_halves(load_x(b * HALF, HALF))     # [bm, 64] int8 each
@@ -270,7 +245,7 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
            + jax.lax.dot_general(x_hi, hi.astype(x_hi.dtype), _NT,
                                  preferred_element_type=jnp.float32))
       bn = lo.shape[0]
-      xs = xsum_of(b) if xla_sums else _const_dot(x_lo, bn, 1, jnp.float32) + _const_dot(x_hi, bn, 1, jnp.float32)
+      xs = _const_dot(x_lo, bn, 1, jnp.float32) + _const_dot(x_hi, bn, 1, jnp.float32)
       return acc + (d - xs * z) * s  # this block's group: acc += s * (x.q - xsum * z)
     return (acc + jax.lax.dot_general(x_lo, lo, _NT, preferred_element_type=jnp.int32)
             + jax.lax.dot_general(x_hi, hi, _NT, preferred_element_type=jnp.int32))
@@ -286,8 +261,6 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
 
   acc_t = jnp.float32 if plan.xmode == "f16" else jnp.int32
   acc = jax.lax.fori_loop(0, per, body, jnp.zeros((bm, w_ref.shape[0]), acc_t))
-  if x8_ref is not None:  # x . (q + 8) - 8 sum x: exact in int32
-    acc = acc - (plgpu.load(x8_ref.at[:], mask=rmask[:, 0], other=0) if ragged else x8_ref[...])[:, None]
   y = acc.astype(jnp.float32)
 
   def store(v):
@@ -350,27 +323,13 @@ def w4_matmul(x, w_q, *, plan: _Plan, kernel: str, s_x=None, m_x=None, scale=Non
     in_specs.append(pl.BlockSpec((bm,), row))
     args.append(s_x)
   words = plan.wmode if WORD_UNPACK and plan.xmode == "int8" and plan.wmode in ("sym", "qqq") else None
-  if words == "sym" and W4A8_SEXT:
-    words = "sext"
-  row_sums = ROW_SUMS
-  if row_sums not in ("dot", "xla"):
-    raise ValueError(f"_w4_common.ROW_SUMS={row_sums!r}; expected 'dot' or 'xla'")
-  if words == "sym" and row_sums == "xla":  # 8 sum_k x_q over each K slice [S, M] int32, one XLA fusion
-    kslice = pl.cdiv(nb // u, split_k) * u * PACK_BLOCK
-    xs = jnp.pad(x.astype(jnp.int32), ((0, 0), (0, split_k * kslice - kp)))
-    in_specs.append(pl.BlockSpec((None, bm), lambda i, *r: (r[0] if r else 0, ids(i)[0])))
-    args.append(8 * jnp.sum(xs.reshape(m, split_k, kslice), axis=2).T)
   dequant = plan.wmode == "asym" and bm >= 64
-  if plan.wmode == "asym" and not dequant and row_sums == "xla":  # row sums per pack block [M, nb]
-    xsum = jnp.sum(x.astype(jnp.float32).reshape(m, nb, PACK_BLOCK), axis=2)
-    in_specs.append(pl.BlockSpec((bm, nb), lambda i, *_: (ids(i)[0], 0)))
-    args.append(xsum)
   if plan.has_zp:
     in_specs.append(pl.BlockSpec((bm,), row))
     args.append(m_x)
   magic = (MAGIC and plan.xmode == "f16" and plan.wmode == "asym" and not dequant
            and jnp.dtype(x.dtype) in _MAGIC)
-  if magic and not MAGIC_X_SPLIT:
+  if magic:
     args[0] = magic_x_order(x)
   if words or magic:  # the same bytes as uint32 words (a bitcast, no copy)
     in_specs.append(pl.BlockSpec((bn, kh // 4), lambda i, *_: (ids(i)[1], 0)))
@@ -400,8 +359,7 @@ def w4_matmul(x, w_q, *, plan: _Plan, kernel: str, s_x=None, m_x=None, scale=Non
 
   kern = functools.partial(_w4_kernel, plan=plan, m=m, bm=bm, nb=nb, u=u, num_m=num_m,
                            num_n=num_n, group_m=cfg.group_m, split_k=split_k,
-                           blocks_per_group=blocks_per_group, dequant=dequant, magic=magic,
-                           x_split=MAGIC_X_SPLIT, words=words, row_sums=row_sums)
+                           blocks_per_group=blocks_per_group, dequant=dequant, magic=magic, words=words)
   return tiled_pallas_call(kern, in_specs, args, ids=ids, m=m, n=n, bm=bm, bn=bn,
                            num_tiles=num_m * num_n, split_k=split_k, out_dtype=out_dtype, cfg=cfg,
                            interpret=interpret, name=f"{kernel}_matmul", bias=bias,

@@ -89,17 +89,15 @@ def unpack_int4(p: jax.Array) -> jax.Array:
   return jnp.stack([lo, hi], axis=-2).reshape(*p.shape[:-1], 2 * kb)
 
 
-def nibble_bytes_to_int8(v: jax.Array, scale: jax.Array | None = None, *, offset: bool = False) -> jax.Array:
+def nibble_bytes_to_int8(v: jax.Array, scale: jax.Array | None = None) -> jax.Array:
   """uint32 words whose four bytes each hold a two's-complement int4 code (0..15) -> words whose bytes
-  are the int8 value q (default), q + 8 (offset) or q * scale (scale uint32 in [1, 15], broadcast).
+  are the int8 value q (default) or q * scale (scale uint32 in [1, 15], broadcast).
 
   v XOR 8 is u = q + 8 in [0, 15]. Then u s + (128 - 8 s) = q s + 128 lies in [8, 248] for |q s| <= 120,
   so a single word multiply-add has no carry between bytes, and XOR 0x80 leaves q s in two's complement.
-  Used by XLA programs and inside the Pallas kernels alike (jnp ops on uint32 only).
+  Used by XLA programs and inside the Pallas kernels (Triton and Mosaic GPU) alike: jnp ops on uint32.
   """
   u = v ^ jnp.uint32(0x08080808)
-  if offset:
-    return u
   if scale is None:
     return (u + jnp.uint32(0x78787878)) ^ jnp.uint32(0x80808080)
   return (u * scale + (jnp.uint32(128) - jnp.uint32(8) * scale) * jnp.uint32(0x01010101)) ^ jnp.uint32(0x80808080)

@@ -4,7 +4,7 @@ Keys: "kernel|gpu|M bucket|N|K" ("*" = default for the bucket). PROVENANCE says 
 when each "kernel|gpu" group was last swept."""
 
 PROVENANCE: dict[str, str] = {
-    'quantize_act|h100': 'NVIDIA H100 80GB HBM3, jax 0.11.2, 2026-11-25 (before KernelConfig.passes: one pass up to 16 K chunks)',
+    'quantize_act|h100': 'NVIDIA H100 80GB HBM3, jax 0.11.2, 2026-12-06T02:47:37+00:00',
     'quantize_act|h200': 'NVIDIA H200, jax 0.11.2, 2026-12-05T19:44:23+00:00',
     'w4a16|h100': 'NVIDIA H100 80GB HBM3, jax 0.11.2, 2026-12-05T21:42:33+00:00',
     'w4a8g|h100': 'NVIDIA H100 80GB HBM3, jax 0.11.2, 2026-12-05T21:48:51+00:00',
@@ -15,14 +15,14 @@ PROVENANCE: dict[str, str] = {
 }
 
 TABLE: dict[str, dict] = {
-    'quantize_act|h100|1024|*|*': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
-    'quantize_act|h100|1024|0|11008': {'block_m': 1, 'block_n': 16, 'block_k': 1024, 'num_warps': 4, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
-    'quantize_act|h100|1024|0|28672': {'block_m': 1, 'block_n': 16, 'block_k': 1024, 'num_warps': 4, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
-    'quantize_act|h100|1024|0|4096': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
-    'quantize_act|h100|4096|*|*': {'block_m': 2, 'block_n': 16, 'block_k': 1024, 'num_warps': 4, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
-    'quantize_act|h100|4096|0|11008': {'block_m': 1, 'block_n': 16, 'block_k': 512, 'num_warps': 2, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
-    'quantize_act|h100|4096|0|28672': {'block_m': 2, 'block_n': 16, 'block_k': 1024, 'num_warps': 4, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
-    'quantize_act|h100|4096|0|4096': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1},
+    'quantize_act|h100|1024|*|*': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 2},
+    'quantize_act|h100|1024|0|11008': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 4, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 2},
+    'quantize_act|h100|1024|0|28672': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 4, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 2},
+    'quantize_act|h100|1024|0|4096': {'block_m': 1, 'block_n': 16, 'block_k': 4096, 'num_warps': 16, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 1},
+    'quantize_act|h100|4096|*|*': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 2},
+    'quantize_act|h100|4096|0|11008': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 2},
+    'quantize_act|h100|4096|0|28672': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 2},
+    'quantize_act|h100|4096|0|4096': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 4, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 1},
     'quantize_act|h200|1024|*|*': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 2},
     'quantize_act|h200|1024|0|11008': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 4, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 2},
     'quantize_act|h200|1024|0|28672': {'block_m': 1, 'block_n': 16, 'block_k': 2048, 'num_warps': 8, 'num_stages': 1, 'group_m': 8, 'split_k': 1, 'passes': 2},

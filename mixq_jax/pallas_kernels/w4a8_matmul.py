@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mixq_jax.pallas_kernels import _shapes, w4_hopper, xla_matmuls
+from mixq_jax.pallas_kernels import _shapes, w4_hopper
 from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, pad_x, w4_matmul
 from mixq_jax.pallas_kernels.configs import KernelConfig
 from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, unpack_int4
@@ -26,14 +26,10 @@ from mixq_jax.pallas_kernels.w8a8_matmul_hopper import on_hopper
 
 _STATIC = ("out_dtype", "interpret", "config")
 
-# On sm_90 (without an explicit config), g128 products of at most this many tokens run XLA's int8
-# dot with the int4 -> int8 convert fused (xla_matmuls.w4a8_matmul_xla): at M = 1 it ran 1.28x /
-# 1.35x bf16 on 8192 x 8192 / 4096 x 4096 against 1.27x / 0.92x for this kernel (H100). The
-# per-channel kernel, with its offset-8 word unpack and tuned split-K, beats XLA at M = 1 too:
-# 2.55x against 2.04x (8192 x 8192), 2.31x against 1.70x (4096 x 11008), 1.73x against 1.79x
-# (4096 x 4096) (H100, 2026-12-05; BENCHMARKS.md, issue 8), so it never takes XLA's program.
-XLA_MAX_M = 1
-XLA_MAX_M_PER_CHANNEL = 0
+# XLA's int8 dot with the int4 -> int8 convert fused (xla_matmuls.w4a8_matmul_xla) is never chosen:
+# with the word-wise unpacks this kernel beats it at M = 1 as well, per-channel 49.3 against 118.2 us
+# (8192 x 28672) and 7.6 against 8.9 (4096 x 4096), g128 8.3 against 11.9 (4096 x 4096) (H100,
+# 2026-12-06; BENCHMARKS.md, issue 8).
 
 
 def _check(x_q, s_x, w_q, s_w, bias, s_g=None):
@@ -69,12 +65,10 @@ def w4a8_matmul(
 ) -> jax.Array:  # [M, N] out_dtype
   """Pallas QQQ GEMM: int4 weights -> exact int8 in registers, int8 MMA, int32 accumulate.
 
-  On sm_90 (no explicit config) one-token g128 products run XLA's program (XLA_MAX_M), and
-  from M = 1024 the weights are unpacked to int8 for the Mosaic GPU W8A8 kernel (w4_hopper.py)."""
+  On sm_90 (no explicit config), from M = 1024 the weights are unpacked to int8 for the Mosaic GPU
+  W8A8 kernel (w4_hopper.py)."""
   m, n, kp = _check(x_q, s_x, w_q, s_w, bias, s_g)
   if on_hopper(interpret, config):
-    if m <= (XLA_MAX_M if s_g is not None else XLA_MAX_M_PER_CHANNEL):
-      return xla_matmuls.w4a8_matmul_xla(x_q, s_x, w_q, s_w, bias, s_g, out_dtype=out_dtype)
     hcfg = hopper_config(m, n, kp, interpret, config, out_dtype=out_dtype, bias=bias is not None)
     if hcfg is not None:
       return w4_hopper.w4a8(pad_x(x_q, kp, "x_q"), s_x, w_q, s_w, bias, s_g, out_dtype=out_dtype, config=hcfg)

@@ -12,6 +12,10 @@ the kernel is persistent (one CTA per SM walking output tiles in a snake order s
 tiles stay in L2). The structure follows JAX's `hopper_matmul_mgpu` example, adapted to int8
 operands, an [N, K] weight and the dequant epilogue.
 
+`w4a8_matmul_hopper` is the same kernel on packed int4 weights (int4_pack's layout): the pipeline
+streams the packed bytes, and each consumer warpgroup unpacks its tile to int8 in shared memory (two
+staging slots, so one step's unpack overlaps the previous step's wgmmas) before wgmma-ing each K half.
+
 Limits (the wrapper `w8a8_matmul` routes elsewhere otherwise): sm_90, K % tile_k == 0,
 N % (2 * tile_n) == 0; M is padded to the tile here. Runs on CPU in Mosaic GPU interpret mode.
 """
@@ -25,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+
+from mixq_jax.pallas_kernels.int4_pack import nibble_bytes_to_int8, unpack_halves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +63,7 @@ def supported(m: int, n: int, k: int, cfg: HopperConfig = HopperConfig()) -> boo
 
 
 def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, v_gmem, out_gmem, *,
-            cfg: HopperConfig, num_sms: int):
+            cfg: HopperConfig, num_sms: int, w_int4: bool = False, word_unpack: bool = True):
   plgpu = _plgpu()
   m, k = x_gmem.shape
   n = w_gmem.shape[0]
@@ -65,23 +71,34 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
   cta_n = 2 * tn
   m_iters, n_iters, k_iters = m // tm, n // cta_n, k // tk
   in_transforms = (plgpu.TilingTransform((8, tk)), plgpu.SwizzleTransform(tk))  # one swizzle atom per row
+  half = tk // 2
+  half_transforms = (plgpu.TilingTransform((8, half)), plgpu.SwizzleTransform(half))
+  word_transforms = (plgpu.TilingTransform((8, half // 4)), plgpu.SwizzleTransform(half))  # the same bytes as uint32
   epi_m, epi_n = min(64, tm), min(cfg.epi_tile_n, tn)
   out_size = jnp.dtype(out_gmem.dtype).itemsize
   out_swizzle = plgpu.find_swizzle(epi_n * out_size * 8)
   out_transforms = (plgpu.TilingTransform((8, out_swizzle // out_size)), plgpu.SwizzleTransform(out_swizzle))
   num_out_slots = min(2, (tm * tn) // (epi_m * epi_n))
 
+  delay = 1 if w_int4 else cfg.delay_release  # the int4 body keeps one wgmma in flight across steps
+
+  def spec(shape, index, transforms):
+    return plgpu.BlockSpec(shape, index, transforms=transforms, memory_space=plgpu.SMEM, delay_release=delay)
+
+  if w_int4:  # packed weights (int4_pack layout, one pack block per K step): x's two halves, w's bytes
+    in_specs = [spec((tm, half), lambda kk: (0, 2 * kk), half_transforms),
+                spec((tm, half), lambda kk: (0, 2 * kk + 1), half_transforms),
+                spec((cta_n, half // 4), lambda kk: (0, kk), word_transforms) if word_unpack
+                else spec((cta_n, half), lambda kk: (0, kk), half_transforms)]
+  else:
+    in_specs = [spec((tm, tk), lambda kk: (0, kk), in_transforms), spec((cta_n, tk), lambda kk: (0, kk), in_transforms)]
+
   def get_pipeline(body, compute_context):
     return plgpu.emit_pipeline_warp_specialized(
         body,
         grid=(k_iters,),
         memory_registers=40,
-        in_specs=[
-            plgpu.BlockSpec((tm, tk), lambda kk: (0, kk), transforms=in_transforms, memory_space=plgpu.SMEM,
-                            delay_release=cfg.delay_release),
-            plgpu.BlockSpec((cta_n, tk), lambda kk: (0, kk), transforms=in_transforms, memory_space=plgpu.SMEM,
-                            delay_release=cfg.delay_release),
-        ],
+        in_specs=in_specs,
         wg_axis="wg",
         num_compute_wgs=2,
         max_concurrent_steps=cfg.stages,
@@ -89,6 +106,11 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
     )
 
   ignore = lambda *_, **__: None
+
+  def pipeline_args(m_start, n_start):
+    x_rows, w_rows = x_gmem.at[pl.ds(m_start, tm), :], w_gmem.at[pl.ds(n_start, cta_n), :]
+    return (x_rows, x_rows, w_rows) if w_int4 else (x_rows, w_rows)
+
   n_vec = 3 if b_gmem is not None else 2
   has_uv = u_gmem is not None  # a rank-1 term u[m] v[n] (QUIK's zero-point correction)
   n_vec += 2 if has_uv else 0
@@ -100,7 +122,13 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
 
   @functools.partial(
       pl.run_scoped,
-      pipeline_allocs=get_pipeline(ignore, ignore).get_allocations(x_gmem, w_gmem),
+      pipeline_allocs=get_pipeline(ignore, ignore).get_allocations(*pipeline_args(0, 0)),
+      # The unpacked halves [wg, slot, half]: written as uint32 words, read by the wgmma as int8 (two
+      # views of one buffer, the same swizzled 64-byte rows).
+      wu_smem=(None if not w_int4 else plgpu.SMEM((2, 2, 2, tn, half), jnp.int8, transforms=half_transforms)
+               if not word_unpack else
+               plgpu.RefUnion(plgpu.SMEM((2, 2, 2, tn, half // 4), jnp.uint32, transforms=word_transforms),
+                              plgpu.SMEM((2, 2, 2, tn, half), jnp.int8, transforms=half_transforms))),
       out_smem=plgpu.SMEM((2, num_out_slots, epi_m, epi_n), out_gmem.dtype, transforms=out_transforms),
       sx_smem=plgpu.SMEM((2, tm), jnp.float32),
       sw_smem=plgpu.SMEM((2, tn), jnp.float32),
@@ -112,7 +140,8 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
       vec_bar=plgpu.Barrier(num_barriers=2 * n_vec),
       collective_axes="wg",
   )
-  def _scope(pipeline_allocs, out_smem, sx_smem, sw_smem, b_smem, u_smem, v_smem, xo_smem, wo_smem, vec_bar):
+  def _scope(pipeline_allocs, wu_smem, out_smem, sx_smem, sw_smem, b_smem, u_smem, v_smem, xo_smem, wo_smem,
+             vec_bar):
     wg = lax.axis_index("wg")
 
     @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
@@ -176,8 +205,33 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
         plgpu.wgmma_wait(cfg.delay_release)
         return acc_ref
 
-      get_pipeline(mma_body, compute_context)(
-          x_gmem.at[m_sl, :], w_gmem.at[pl.ds(ni * cta_n, cta_n), :], allocations=pipeline_allocs)
+      def int4_mma_body(idx, xlo_smem, xhi_smem, wp_smem, acc_ref):
+        # The packed tile's low / high nibbles are the weight's two K halves (int4_pack): unpack
+        # both to exact int8 in registers, stage them in this warpgroup's smem, and wgmma each half
+        # against its half of x. Two staging slots by step parity: this step's unpack runs while
+        # the last step's wgmmas do.
+        slot = lax.rem(idx[0], 2)
+        p = wp_smem[pl.ds(wg * tn, tn), :]
+        if word_unpack:
+          # Mosaic GPU has no 8-bit arithmetic: p is [tn, half / 4] uint32, and each step works on
+          # 4 bytes at once (nibble_bytes_to_int8); the words view and the bytes view share memory.
+          dst, bytes_ = wu_smem
+          nib = jnp.uint32(0x0F0F0F0F)
+          halves = [nibble_bytes_to_int8(h) for h in (p & nib, lax.shift_right_logical(p, jnp.uint32(4)) & nib)]
+        else:  # the interpreter has no aliased buffers: int8 bytes [tn, half], unpacked byte-wise
+          dst = bytes_ = wu_smem
+          halves = unpack_halves(p)
+        dst[wg, slot, 0], dst[wg, slot, 1] = halves
+        plgpu.commit_smem()
+        plgpu.wgmma(acc_ref, xlo_smem, plgpu.transpose_ref(bytes_.at[wg, slot, 0], (1, 0)))
+        plgpu.wgmma(acc_ref, xhi_smem, plgpu.transpose_ref(bytes_.at[wg, slot, 1], (1, 0)))
+        # Only this step's two wgmmas stay in flight: the previous step's are done, so its slot
+        # (rewritten next step) and its x tiles (released a step late, delay_release = 1) are free.
+        plgpu.wgmma_wait(2)
+        return acc_ref
+
+      get_pipeline(int4_mma_body if w_int4 else mma_body, compute_context)(
+          *pipeline_args(mi * tm, ni * cta_n), allocations=pipeline_allocs)
 
   plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
@@ -185,7 +239,8 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
 _SMEM_BYTES = 227 * 1024  # per block on sm_90
 
 
-def _fit_smem(cfg: HopperConfig, out_size: int, c: int, bias: bool, rank1: bool = False) -> HopperConfig | None:
+def _fit_smem(cfg: HopperConfig, out_size: int, c: int, bias: bool, rank1: bool = False,
+              w_int4: bool = False) -> HopperConfig | None:
   """`cfg` with fewer pipeline stages where the buffers would overflow shared memory; None where even
   2 stages do not fit. Each buffer is counted rounded up to 1 KB (the allocator's alignment for
   swizzled tiles), plus 256 B of barriers: this matches the sizes Mosaic GPU reported for the
@@ -196,11 +251,13 @@ def _fit_smem(cfg: HopperConfig, out_size: int, c: int, bias: bool, rank1: bool 
   def stages_with(epi_n):  # most pipeline stages (<= cfg.stages, >= 2) that fit, or None
     fixed = (kb(2 * 2 * min(64, tm) * min(epi_n, tn) * out_size) + kb(2 * tm * 4) + kb(2 * tn * 4)
              + (kb(2 * tn * 4) if bias else 0) + (kb(2 * tm * c * 2) + kb(2 * tn * c * 2) if c else 0)
-             + (kb(2 * tm * 4) + kb(2 * tn * 4) if rank1 else 0) + 256)
+             + (kb(2 * tm * 4) + kb(2 * tn * 4) if rank1 else 0) + 256
+             + (4 * tn * cfg.tile_k if w_int4 else 0))  # unpacked weights: 2 warpgroups x 2 slots
+    step = (tm + (tn if w_int4 else 2 * tn)) * cfg.tile_k  # bytes per pipeline stage
     stages = cfg.stages
-    while stages > 2 and stages * (tm + 2 * tn) * cfg.tile_k + fixed > _SMEM_BYTES:
+    while stages > 2 and stages * step + fixed > _SMEM_BYTES:
       stages -= 1
-    return stages if stages * (tm + 2 * tn) * cfg.tile_k + fixed <= _SMEM_BYTES else None
+    return stages if stages * step + fixed <= _SMEM_BYTES else None
 
   stages = stages_with(cfg.epi_tile_n)
   if cfg.epi_tile_n > 32 and (stages or 0) < min(cfg.stages, 3):
@@ -246,6 +303,27 @@ def w8a8_matmul_hopper(x_q, s_x, w_q, s_w, bias=None, *, out_dtype=jnp.bfloat16,
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
+def w4a8_matmul_hopper(x_q, s_x, w_packed, s_w, bias=None, *, out_dtype=jnp.bfloat16,
+                       config: HopperConfig = HopperConfig(), interpret: bool = False, num_sms: int | None = None):
+  """w8a8_matmul_hopper on signed int4 weights, packed as int4_pack lays them out (w_packed int8
+  [N, K / 2]; x_q int8 [M, K], K a multiple of 128). The kernel streams the packed bytes and unpacks
+  each K step's tile to exact int8 in shared memory, so no int8 copy of the weight is made.
+  (QQQ's g128 form, q4 * s_g by one word multiply-add per step, measured slower than XLA's unpack
+  pass + w8a8_matmul_hopper at every M tried, so it is not offered; BENCHMARKS.md.)"""
+  if config.tile_k != 128:
+    raise ValueError(f"w4a8_matmul_hopper: tile_k must be 128 (one int4 pack block), got {config.tile_k}")
+  if x_q.shape[1] != 2 * w_packed.shape[1]:
+    raise ValueError(f"w4a8_matmul_hopper: x_q K={x_q.shape[1]} must be twice w_packed's {w_packed.shape[1]} bytes")
+  n, kb = w_packed.shape
+  if kb % 4:
+    raise ValueError(f"w4a8_matmul_hopper: w_packed has {kb} bytes per row; K must be a multiple of 128")
+  if not interpret:  # [N, K / 8] uint32 words for the word-wise unpack (a free bitcast)
+    w_packed = lax.bitcast_convert_type(w_packed.view(jnp.uint8).reshape(n, kb // 4, 4), jnp.uint32)
+  return _call(x_q, s_x, w_packed, s_w, bias, None, None, None, None, None, out_dtype, config, interpret, num_sms,
+               w_int4=True)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o, w_o, outlier_count, bias=None, u=None, v=None, *,
                           out_dtype=jnp.bfloat16, config: HopperConfig = HopperConfig(tile_n=64),
                           interpret: bool = False, num_sms: int | None = None):
@@ -258,7 +336,7 @@ def w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o, w_o, outlier_count, bias=None
   return _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, outlier_count, u, v, out_dtype, config, interpret, num_sms)
 
 
-def _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, count, u, v, out_dtype, config, interpret, num_sms):
+def _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, count, u, v, out_dtype, config, interpret, num_sms, w_int4=False):
   plgpu = _plgpu()
   m, k = x_q.shape
   n = w_q.shape[0]
@@ -281,7 +359,7 @@ def _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, count, u, v, out_dtype, config, in
     x_o = jnp.where(valid[None, :], jnp.pad(x_o, ((0, mp - m), (0, cp - c))), 0).astype(x_o.dtype)
     w_o = jnp.where(valid[None, :], jnp.pad(w_o, ((0, 0), (0, cp - c))), 0).astype(x_o.dtype)
     c = cp
-  fitted = _fit_smem(config, jnp.dtype(out_dtype).itemsize, c, bias is not None, u is not None)
+  fitted = _fit_smem(config, jnp.dtype(out_dtype).itemsize, c, bias is not None, u is not None, w_int4)
   if fitted is None:
     raise ValueError(f"w8a8_matmul_hopper: {config} with C={c} outlier columns and {jnp.dtype(out_dtype).name} "
                      "output does not fit shared memory")
@@ -295,7 +373,7 @@ def _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, count, u, v, out_dtype, config, in
 
     kw["interpret"] = ip.InterpretGPUParams()
   f = plgpu.kernel(
-      functools.partial(_kernel, cfg=config, num_sms=sms),
+      functools.partial(_kernel, cfg=config, num_sms=sms, w_int4=w_int4, word_unpack=not interpret),
       out_type=jax.ShapeDtypeStruct((mp, n), out_dtype),
       grid=(sms,),
       grid_names=("sm",),

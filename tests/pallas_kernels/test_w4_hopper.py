@@ -11,9 +11,10 @@ import pytest
 
 from kernel_testutil import keys, mosaic_gpu_test_mode, rand_int8, rand_scale, rel_err, small_hopper_config, w4a8_exact_case
 from mixq_jax.pallas_kernels import (mx, mx_matmul, w4a4o16_matmul_reference, w4a8_matmul,
-                                     w4_hopper)
+                                     w4a8_matmul_reference, w4_hopper)
 from mixq_jax.pallas_kernels.int4_pack import (pad_k, quantize_act4, quantize_w4_sym,
                                                row_sums)
+from mixq_jax.pallas_kernels.w8a8_matmul_hopper import HopperConfig, w4a8_matmul_hopper
 
 INTERPRET = mosaic_gpu_test_mode()
 SMALL = small_hopper_config()
@@ -28,6 +29,46 @@ def test_w4a8_bit_exact(grouped):
   got = w4_hopper.w4a8(pad_k(x, kp), ones_m, w_q, ones_n, None, s_g, out_dtype=jnp.float32, config=SMALL,
                        interpret=INTERPRET, num_sms=3)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want, np.float32))
+
+
+@pytest.mark.parametrize("m,k,sms", [(70, 320, 3), (1, 128, 2), (130, 512, 4)])
+def test_w4a8_packed_weights_bit_exact(m, k, sms):
+  """w4a8_matmul_hopper streams the packed int4 weight and unpacks it in shared memory: the int32
+  accumulator is exact (unit scales, float32 out), with K steps through both staging slots."""
+  x, w_q, _, ones_m, ones_n, want = w4a8_exact_case(m, 256, k, False)
+  kp = 2 * w_q.shape[1]
+  got = w4a8_matmul_hopper(pad_k(x, kp), ones_m, w_q, ones_n, out_dtype=jnp.float32, config=SMALL,
+                           interpret=INTERPRET, num_sms=sms)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want, np.float32))
+
+
+def test_w4a8_packed_weights_epilogue_and_errors():
+  m, n, k = 100, 256, 256
+  kx, kw, ks, kb = keys(4)
+  x = rand_int8(kx, (m, k))
+  w_q, s_w = quantize_w4_sym(jax.random.normal(kw, (n, k)))
+  s_x = rand_scale(ks, (m,))
+  b = jax.random.normal(kb, (n,), jnp.bfloat16)
+  got = w4a8_matmul_hopper(x, s_x, w_q, s_w, b, config=SMALL, interpret=INTERPRET, num_sms=2)
+  want = w4a8_matmul_reference(x, s_x, w_q, s_w, b)
+  assert got.dtype == jnp.bfloat16 and rel_err(got, want) < 4e-3
+  with pytest.raises(ValueError, match="tile_k must be 128"):
+    w4a8_matmul_hopper(x, s_x, w_q, s_w, config=HopperConfig(tile_k=64), interpret=True)
+  with pytest.raises(ValueError, match="twice"):
+    w4a8_matmul_hopper(x[:, :128], s_x, w_q, s_w, interpret=True)
+
+
+@pytest.mark.parametrize("m,grouped,fused", [(1024, False, True), (2048, False, False), (1024, True, False)])
+def test_w4a8_fused_below_fused_max_m(m, grouped, fused, monkeypatch):
+  """Per-channel w4a8 below FUSED_MAX_M streams the packed weights (w4a8_matmul_hopper); from there,
+  and for g128 at any M, XLA unpacks them for the W8A8 kernel."""
+  calls = []
+  monkeypatch.setattr(w4_hopper._hopper, "w4a8_matmul_hopper", lambda *a, **k: calls.append("fused"))
+  monkeypatch.setattr(w4_hopper._hopper, "w8a8_matmul_hopper", lambda *a, **k: calls.append("w8a8"))
+  k = 256
+  x, w_q, s_g, ones_m, ones_n, _ = w4a8_exact_case(m, 128, k, grouped)
+  w4_hopper.w4a8(x, ones_m, w_q, ones_n, None, s_g, out_dtype=jnp.float32, config=SMALL)
+  assert calls == ["fused" if fused else "w8a8"]
 
 
 @pytest.mark.parametrize("asym", [False, True])
@@ -50,8 +91,8 @@ def test_w4a4o16(asym):
 
 
 def test_dispatch(monkeypatch):
-  """On sm_90: one-token g128 w4a8 runs XLA's program (per-channel keeps the Triton kernel), M >= 1024
-  the Mosaic GPU kernels, mx M >= 256 XLA's program; elsewhere the Triton kernels (checked on the
+  """On sm_90: w4a8 (per-channel and g128) runs the Triton kernel below M = 1024 and the Mosaic GPU
+  kernel from there, mx from M = 256 XLA's program; elsewhere the Triton kernels (checked on the
   lowered program, so it runs on the CPU too)."""
   hopper_mod = importlib.import_module("mixq_jax.pallas_kernels.w8a8_matmul_hopper")
   monkeypatch.setattr(hopper_mod, "is_hopper", lambda: True)
@@ -69,7 +110,7 @@ def test_dispatch(monkeypatch):
 
   one, mid, big = w4a8_at(1), w4a8_at(64), w4a8_at(1024)
   one_g = w4a8_at(1, jnp.ones((n, k // 128), jnp.int8))
-  assert "mosaic_gpu" not in one_g and "triton" not in one_g  # XLA's int8 dot
+  assert "triton" in one_g and "mosaic_gpu" not in one_g
   assert "triton" in one and "mosaic_gpu" not in one
   assert "triton" in mid and "mosaic_gpu" not in mid  # the Pallas Triton kernel
   assert "mosaic_gpu" in big

@@ -26,18 +26,14 @@ def test_w4a16(m, n, k, split_k, bias):
   assert rel_err(want, deq) < 1e-5
 
 
-@pytest.mark.parametrize("magic,x_split,row_sums", [(True, True, "dot"), (True, False, "dot"),
-                                                    (True, False, "xla"), (False, True, "dot"),
-                                                    (False, True, "xla")])
+@pytest.mark.parametrize("magic", [True, False])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("split_k", [1, 2, 4])
-def test_w4a16_int4_to_float(magic, x_split, row_sums, dtype, split_k, monkeypatch):
-  """The magic-number conversion (16 + q exact in 16 bits, the offset folded into the zero point; x
-  split in registers or permuted by the wrapper) and the byte unpack agree with the reference, with
-  the row sums of x from an MMA in the kernel or from XLA, also with uneven K slices (5 pack blocks)."""
+def test_w4a16_int4_to_float(magic, dtype, split_k, monkeypatch):
+  """The magic-number conversion (16 + q exact in 16 bits, the offset folded into the zero point, x
+  permuted by the wrapper) and the byte unpack agree with the reference, with the row sums of x from
+  an MMA in the kernel, also with uneven K slices (5 pack blocks)."""
   monkeypatch.setattr(_w4_common, "MAGIC", magic)
-  monkeypatch.setattr(_w4_common, "MAGIC_X_SPLIT", x_split)
-  monkeypatch.setattr(_w4_common, "ROW_SUMS", row_sums)
   kx, kw = keys(2)
   m, n, k = 3, 32, 576
   x = jax.random.normal(kx, (m, k), dtype)
@@ -49,13 +45,11 @@ def test_w4a16_int4_to_float(magic, x_split, row_sums, dtype, split_k, monkeypat
 
 
 @pytest.mark.parametrize("group", [256, 512])
-@pytest.mark.parametrize("magic,row_sums,block_m", [(True, "dot", 16), (True, "xla", 16), (False, "xla", 16),
-                                                    (False, "dot", 64)])
-def test_w4a16_groups_wider_than_a_pack_block(group, magic, row_sums, block_m, monkeypatch):
+@pytest.mark.parametrize("magic,block_m", [(True, 16), (False, 16), (False, 64)])
+def test_w4a16_groups_wider_than_a_pack_block(group, magic, block_m, monkeypatch):
   """Groups of 256 / 512 columns span several pack blocks: each block's correction uses that block's
   own row sums (a group-wide sum per block counted the zero point twice; regression)."""
   monkeypatch.setattr(_w4_common, "MAGIC", magic)
-  monkeypatch.setattr(_w4_common, "ROW_SUMS", row_sums)
   kx, kw = keys(2)
   m, n, k = 5 if block_m == 16 else 66, 32, 1000
   x = jax.random.normal(kx, (m, k), jnp.bfloat16)
