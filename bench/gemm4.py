@@ -264,9 +264,10 @@ def main():
           continue
         cols += [col] if col not in cols else []
         row[col] = (t * 1e6, t_bf16 / t, err)
+        path, config = ("xla", None) if kind in XLA_KINDS else (
+            ("triton", cfg.to_dict()) if cfg is not None else dispatch(kind, m, n, k))
         records.append(dict(kernel=kind, M=m, N=n, K=k, shape=label, time_us=t * 1e6, bf16_time_us=t_bf16 * 1e6,
-                            speedup=t_bf16 / t, max_rel_err=err,
-                            config=None if kind in XLA_KINDS else (cfg or pk_select(kind, m, n, k)).to_dict()))
+                            speedup=t_bf16 / t, max_rel_err=err, path=path, config=config))
         if LAST_PROFILE is not None:
           records[-1].update(device_us=LAST_PROFILE[0] * 1e6, kernels_per_call=LAST_PROFILE[1],
                              bf16_device_us=gemm.LAST_DEVICE_S * 1e6)
@@ -288,6 +289,30 @@ def main():
 def _cfg_name(c):
   return (f"{c.block_m}x{c.block_n}x{c.block_k}w{c.num_warps}s{c.num_stages}"
           + (f"k{c.split_k}" if c.split_k > 1 else ""))
+
+
+def dispatch(kind, m, n, k):
+  """-> (path, config dict or None): the program the wrapper runs at its defaults, as the records
+  should name it (the Triton config alone would be wrong where sm_90 leaves the Triton kernel)."""
+  from mixq_jax.pallas_kernels import w4_hopper  # noqa: PLC0415
+  from mixq_jax.pallas_kernels.w8a8_matmul import hopper_config  # noqa: PLC0415
+  from mixq_jax.pallas_kernels.w8a8_matmul_hopper import on_hopper  # noqa: PLC0415
+
+  base = kind.removesuffix("_triton")
+  triton = ("triton", pk_select(kind, m, n, k).to_dict())
+  if kind.endswith("_triton") or not on_hopper(gemm.INTERPRET, None):
+    return triton
+  if base in ("mx", "mxmix", "mxfp8"):
+    return ("xla: decode + bf16 GEMM", None) if m >= sys.modules["mixq_jax.pallas_kernels.mx_matmul"].XLA_MIN_M else triton
+  if base not in ("w4a8", "w4a8g", "w4a4o16", "w4a4o16q"):
+    return triton
+  outliers = C if base.startswith("w4a4o16") else 0
+  hcfg = hopper_config(m, n, k, False, None, outlier_columns=outliers, rank1=base == "w4a4o16q")
+  if hcfg is None:
+    return triton
+  if base == "w4a8" and m < w4_hopper.FUSED_MAX_M:
+    return "mosaic: w4a8_matmul_hopper (int4 unpacked in smem)", dataclasses.asdict(hcfg)
+  return f"mosaic: XLA int4 unpack + {'w8a8o16' if outliers else 'w8a8'}_matmul_hopper", dataclasses.asdict(hcfg)
 
 
 def pk_select(kind, m, n, k):

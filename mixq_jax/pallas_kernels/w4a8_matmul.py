@@ -65,8 +65,9 @@ def w4a8_matmul(
 ) -> jax.Array:  # [M, N] out_dtype
   """Pallas QQQ GEMM: int4 weights -> exact int8 in registers, int8 MMA, int32 accumulate.
 
-  On sm_90 (no explicit config), from M = 1024 the weights are unpacked to int8 for the Mosaic GPU
-  W8A8 kernel (w4_hopper.py)."""
+  On sm_90 (no explicit config), from M = 1024 the Mosaic GPU kernels take over (w4_hopper.py):
+  per-channel below M = 2048 streams the packed weights and unpacks them in shared memory, otherwise
+  XLA unpacks them to int8 for the W8A8 kernel."""
   m, n, kp = _check(x_q, s_x, w_q, s_w, bias, s_g)
   if on_hopper(interpret, config):
     hcfg = hopper_config(m, n, kp, interpret, config, out_dtype=out_dtype, bias=bias is not None)

@@ -44,6 +44,26 @@ def test_recorded_config_is_the_kernels_own(monkeypatch):
   assert gemm4.pk_select("w4a8", 16, 4096, 4096) == _w4_common.KernelConfig(**p)
 
 
+def test_dispatch_names_the_program_the_wrapper_runs(monkeypatch):
+  """On sm_90 the records name the Mosaic GPU / XLA paths, with the Hopper config, not the Triton one."""
+  import importlib  # noqa: PLC0415
+
+  hopper = importlib.import_module("mixq_jax.pallas_kernels.w8a8_matmul_hopper")
+  monkeypatch.setattr(hopper, "is_hopper", lambda: True)
+  monkeypatch.setattr(hopper, "device_sm_count", lambda: 132)
+  monkeypatch.setattr(gemm4.gemm, "INTERPRET", False)
+  path, cfg = gemm4.dispatch("w4a8", 1024, 8192, 8192)
+  assert "w4a8_matmul_hopper" in path and cfg["tile_k"] == 128
+  assert "unpack" in gemm4.dispatch("w4a8", 2048, 8192, 8192)[0]
+  assert "unpack" in gemm4.dispatch("w4a8g", 1024, 8192, 8192)[0]
+  assert "w8a8o16" in gemm4.dispatch("w4a4o16", 4096, 8192, 8192)[0]
+  assert gemm4.dispatch("w4a8", 16, 8192, 8192)[0] == "triton"
+  assert gemm4.dispatch("w4a8_triton", 1024, 8192, 8192)[0] == "triton"
+  assert gemm4.dispatch("mx", 256, 8192, 8192) == ("xla: decode + bf16 GEMM", None)
+  monkeypatch.setattr(hopper, "is_hopper", lambda: False)
+  assert gemm4.dispatch("w4a8", 1024, 8192, 8192)[0] == "triton"
+
+
 def test_tune_writes_tuned_entries(tmp_path, monkeypatch):
   out = tmp_path / "tuned_table.py"
   monkeypatch.setenv("TUNED_TABLE_OUT", str(out))
