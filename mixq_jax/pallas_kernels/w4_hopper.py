@@ -38,7 +38,8 @@ FUSED_MAX_M = 2048
 
 
 def w4a8(x_q, s_x, w_q, s_w, bias, s_g, *, out_dtype, config, interpret=False, num_sms=None):
-  """w4a8_matmul (per-channel, or g128 with s_g [N, G]) on the Mosaic GPU W8A8 kernel; x_q [M, Kp]."""
+  """w4a8_matmul (per-channel, or g128 with s_g [N, G]) on the Mosaic GPU kernels; x_q [M, Kp]: per-channel
+  below FUSED_MAX_M tokens on packed weights (w4a8_matmul_hopper), otherwise on an int8 copy (W8A8)."""
   if s_g is None and x_q.shape[0] < FUSED_MAX_M:
     return _hopper.w4a8_matmul_hopper(x_q, s_x, w_q, s_w, bias, out_dtype=out_dtype, config=config,
                                       interpret=interpret, num_sms=num_sms)
