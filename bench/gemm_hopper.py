@@ -18,27 +18,26 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import gemm  # noqa: E402  (sets XLA_FLAGS before jax is imported)
 
 from mixq_jax import pallas_kernels as pk  # noqa: E402
-from mixq_jax.pallas_kernels.w8a8_matmul_hopper import (HopperConfig, w8a8_matmul_hopper,  # noqa: E402
-                                                        w8a8o16_matmul_hopper)
+from mixq_jax.pallas_kernels.w8a8_matmul_hopper import HopperConfig, w8a8_matmul_hopper  # noqa: E402
+from mixq_jax.pallas_kernels.w8a8o16_matmul_hopper import w8a8o16_matmul_hopper  # noqa: E402
 
 CONFIGS = {
     "h128x128s4": HopperConfig(tile_m=128, tile_n=128, stages=4),
     "h128x128s3": HopperConfig(tile_m=128, tile_n=128, stages=3),
     "h128x64s5": HopperConfig(tile_m=128, tile_n=64, stages=5),
-    "h128x64s3": HopperConfig(tile_m=128, tile_n=64, stages=3),  # W8A8 at the W8A8O16 tiling and depth
+    "h128x64s3": HopperConfig(tile_m=128, tile_n=64, stages=3),  # W8A8 at the tiling and depth of the first W8A8O16
     "h64x128s4": HopperConfig(tile_m=64, tile_n=128, stages=4),
     "h128x128w4": HopperConfig(tile_m=128, tile_n=128, stages=4, grid_tile_width=4),
     "h128x128w16": HopperConfig(tile_m=128, tile_n=128, stages=4, grid_tile_width=16),
     "h128x128d1": HopperConfig(tile_m=128, tile_n=128, stages=4, delay_release=1),
     "h128x64d1": HopperConfig(tile_m=128, tile_n=64, stages=5, delay_release=1),
-    # W8A8O16 (128 outlier columns): 128 x 64 per warpgroup leaves room for the outlier tiles
-    "o16_128x64": HopperConfig(tile_m=128, tile_n=64, stages=4),
-    "o16u_128x64": HopperConfig(tile_m=128, tile_n=64, stages=4, fold_outliers=False),  # second accumulator
-    "o16_128x64d1": HopperConfig(tile_m=128, tile_n=64, stages=4, delay_release=1),
-    "o16_64x128": HopperConfig(tile_m=64, tile_n=128, stages=4),
-    # tile_k 64 halves the pipeline's shared memory: 128 x 128 tiles keep 4 stages next to the outlier tiles
     "h128x128k64s6": HopperConfig(tile_m=128, tile_n=128, tile_k=64, stages=6),
-    "o16_128x128k64": HopperConfig(tile_m=128, tile_n=128, tile_k=64, stages=4),
+    # W8A8O16 (128 outlier columns; w8a8o16_matmul_hopper: the outlier columns are extra pipeline steps)
+    "o16_128x128s4": HopperConfig(),
+    "o16_128x128s3": HopperConfig(stages=3),
+    "o16_128x64s5": HopperConfig(tile_n=64, stages=5),
+    # W8A8 on w8a8o16_matmul_hopper's hand-written pipeline (no outliers): against w8a8_matmul_hopper's
+    "o16k_w8a8": HopperConfig(),
 }
 
 
@@ -65,9 +64,12 @@ def main():
           if col in ("xla_int8", "w8a8", "w8a8o16"):
             t, err, _ = gemm.run_one(col, m, n, k, samples=a.samples)
           else:
-            kind = "w8a8o16" if col.startswith("o16") else "w8a8"
+            kind = "w8a8o16" if col.startswith("o16_") else "w8a8"
             cfg = CONFIGS[col]
-            if kind == "w8a8":
+            if col.startswith("o16k_"):
+              fn = lambda *s, c=cfg: w8a8o16_matmul_hopper(*s, config=c)
+              ref = pk.w8a8_matmul_reference
+            elif kind == "w8a8":
               fn = lambda *s, c=cfg: w8a8_matmul_hopper(*s, config=c)
               ref = pk.w8a8_matmul_reference
             else:

@@ -30,3 +30,15 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "gpu" in item.keywords and not HAS_GPU:
       item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def kernel_flag(monkeypatch):
+  """set(module, name, value): sets a kernel module's A/B flag for one test. The jitted wrappers read
+  the flags at trace time, so the jit caches are cleared too: a cached trace of the same shapes would
+  silently keep the old value."""
+  def set_flag(module, name, value):
+    monkeypatch.setattr(module, name, value)
+    jax.clear_caches()
+  yield set_flag
+  jax.clear_caches()  # before monkeypatch restores the flags

@@ -1,5 +1,5 @@
 """Pallas kernels for 8-bit mixed-precision linear layers (Triton backend; on sm_90 the large-M
-W8A8 / W8A8O16 GEMMs run Mosaic GPU kernels, see w8a8_matmul_hopper.py).
+W8A8 / W8A8O16 GEMMs run Mosaic GPU kernels, see w8a8_matmul_hopper.py and w8a8o16_matmul_hopper.py).
 
 Shape letters: M tokens (any M; padding/masking is inside the kernels), N output features,
 K input features (N, K multiples of 16), C outlier capacity.
@@ -57,11 +57,8 @@ __all__ = [
 ]
 
 # sm_90 only (Mosaic GPU backend); w8a8_matmul / w8a8o16_matmul route M >= 1024 here on Hopper.
-from mixq_jax.pallas_kernels.w8a8_matmul_hopper import (  # noqa: E402
-    HopperConfig,
-    w8a8_matmul_hopper,
-    w8a8o16_matmul_hopper,
-)
+from mixq_jax.pallas_kernels.w8a8_matmul_hopper import HopperConfig, w8a8_matmul_hopper  # noqa: E402
+from mixq_jax.pallas_kernels.w8a8o16_matmul_hopper import w8a8o16_matmul_hopper  # noqa: E402
 
 __all__ += ["HopperConfig", "w8a8_matmul_hopper", "w8a8o16_matmul_hopper"]
 

@@ -26,6 +26,7 @@ from mixq_jax.pallas_kernels.int4_pack import unpack_int4_words
 
 # The module itself: the package re-exports its function of the same name over the attribute.
 _hopper = importlib.import_module("mixq_jax.pallas_kernels.w8a8_matmul_hopper")
+_hopper_o16 = importlib.import_module("mixq_jax.pallas_kernels.w8a8o16_matmul_hopper")
 
 
 # Per-channel products with fewer tokens than this run `w4a8_matmul_hopper`, which streams the packed
@@ -50,8 +51,8 @@ def w4a8(x_q, s_x, w_q, s_w, bias, s_g, *, out_dtype, config, interpret=False, n
 
 def w4a4o16(x_q, s_x, w_q, s_w, x_o, w_o, count, bias, m_x, wsum, *, out_dtype, config, interpret=False,
             num_sms=None):
-  """w4a4o16_matmul on the Mosaic GPU W8A8O16 kernel (x_q packed [M, Kp/2])."""
+  """w4a4o16_matmul on the Mosaic GPU W8A8O16 kernel (x_q packed [M, Kp/2]; w8a8o16_matmul_hopper.py)."""
   x8, w8 = unpack_int4_words(x_q), unpack_int4_words(w_q)  # [M, Kp], [N, Kp] int8 (asym x: 0..15)
   uv = (None, None) if m_x is None else (m_x, s_w * wsum.astype(jnp.float32))  # QUIK: + m_x (s_w wsum)
-  return _hopper.w8a8o16_matmul_hopper(x8, s_x, w8, s_w, x_o, w_o, count, bias, *uv, out_dtype=out_dtype,
-                                       config=config, interpret=interpret, num_sms=num_sms)
+  return _hopper_o16.w8a8o16_matmul_hopper(x8, s_x, w8, s_w, x_o, w_o, count, bias, *uv, out_dtype=out_dtype,
+                                           config=config, interpret=interpret, num_sms=num_sms)

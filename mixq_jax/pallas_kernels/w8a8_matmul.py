@@ -11,6 +11,7 @@ The int32 accumulator is exact; the epilogue is float32 in the order written abo
 """
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,9 @@ from mixq_jax.pallas_kernels import _shapes
 from mixq_jax.pallas_kernels import w8a8_matmul_hopper as _hopper
 from mixq_jax.pallas_kernels._triton import compiler_params, plgpu
 from mixq_jax.pallas_kernels.configs import KernelConfig, select_config
+
+# The module itself: the package re-exports its function of the same name over the attribute.
+_hopper_o16 = importlib.import_module("mixq_jax.pallas_kernels.w8a8o16_matmul_hopper")
 
 _NT = (((1,), (1,)), ((), ()))  # contract the K dim of both operands: a [m, k] . b [n, k] -> [m, n]
 
@@ -235,14 +239,15 @@ HOPPER_MIN_M = 1024
 
 
 def hopper_config(m, n, k, interpret, config, outlier_columns=0, out_dtype=jnp.bfloat16, bias=False, rank1=False):
-  """The HopperConfig that w8a8_matmul (outlier_columns=0) / w8a8o16_matmul would run, or None for
-  the Triton kernel: CPU, interpret mode, an explicit KernelConfig, small M, other GPUs, more than
-  128 outlier columns, or a shape or buffer set the Hopper kernel does not tile or fit."""
-  if interpret or config is not None or m < HOPPER_MIN_M or outlier_columns > 128 or not _hopper.is_hopper():
+  """The HopperConfig that w8a8_matmul (outlier_columns=0) / w8a8o16_matmul (w8a8o16_matmul_hopper.py)
+  would run, or None for the Triton kernel: CPU, interpret mode, an explicit KernelConfig, small M, other
+  GPUs, or a shape or buffer set the Hopper kernels do not tile or fit. The outlier columns take no
+  shared memory of their own there (they are extra pipeline steps), so both use the same tiles."""
+  del outlier_columns
+  if interpret or config is not None or m < HOPPER_MIN_M or not _hopper.is_hopper():
     return None
-  # Outlier tiles take 96 KB of shared memory: 128 x 64 per warpgroup keeps 3 pipeline stages.
-  cfg = _hopper.HopperConfig(tile_n=64, stages=3) if outlier_columns else _hopper.HopperConfig()
-  if not _hopper.supported(m, n, k, cfg) or not _hopper.fits(cfg, out_dtype, outlier_columns, bias, rank1):
+  cfg = _hopper.HopperConfig()
+  if not _hopper.supported(m, n, k, cfg) or not _hopper.fits(cfg, out_dtype, bias, rank1):
     return None
   # The persistent kernel needs enough output tiles to occupy the SMs: 70B's k/v projection
   # (N = 1024) at M = 1024 has 32 tiles and measured 0.68x bf16, while the Triton grid splits finer.
@@ -324,8 +329,8 @@ def w8a8o16_matmul(
                        config=config)
   hcfg = hopper_config(m, n, k, interpret, config, outlier_columns=c, out_dtype=out_dtype, bias=bias is not None)
   if hcfg is not None:
-    return _hopper.w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o, w_o, outlier_count, bias, out_dtype=out_dtype,
-                                         config=hcfg)
+    return _hopper_o16.w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o, w_o, outlier_count, bias, out_dtype=out_dtype,
+                                             config=hcfg)
   return fused_matmul(x_q, s_x, w_q, s_w, bias, x_o, w_o, outlier_count, kernel="w8a8o16",
                       out_dtype=out_dtype, interpret=interpret, config=config)
 

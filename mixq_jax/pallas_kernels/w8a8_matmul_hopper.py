@@ -12,6 +12,7 @@ the kernel is persistent (one CTA per SM walking output tiles in a snake order s
 tiles stay in L2). The structure follows JAX's `hopper_matmul_mgpu` example, adapted to int8
 operands, an [N, K] weight and the dequant epilogue.
 
+MixQ's W8A8O16 on Hopper is `w8a8o16_matmul_hopper.py` (its outlier columns run as extra pipeline steps).
 `w4a8_matmul_hopper` is the same kernel on packed int4 weights (int4_pack's layout): the pipeline
 streams the packed bytes, and each consumer warpgroup unpacks its tile to int8 in shared memory (two
 staging slots, so one step's unpack overlaps the previous step's wgmmas) before wgmma-ing each K half.
@@ -42,10 +43,6 @@ class HopperConfig:
   grid_tile_width: int = 8  # snake-order band width, in tiles
   epi_tile_n: int = 64
   delay_release: int = 0  # 1: keep one wgmma in flight across K steps (its tiles freed a step later)
-  # W8A8O16: the outlier wgmma accumulates into the dequantized int8 result itself (one float32
-  # accumulator) instead of a second [tile_m, tile_n] accumulator that is added afterwards. Measured
-  # on an H100 at M = 4096 (BENCHMARKS.md): no faster (176.3 against 173.3 us at 4096^2), so off.
-  fold_outliers: bool = False
 
 
 def _plgpu():
@@ -62,7 +59,39 @@ def supported(m: int, n: int, k: int, cfg: HopperConfig = HopperConfig()) -> boo
   return k % cfg.tile_k == 0 and n % (2 * cfg.tile_n) == 0
 
 
-def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, v_gmem, out_gmem, *,
+def _epi_dims(cfg: HopperConfig):
+  """(epi_m, epi_n, slots): the epilogue's output tiles and staging slots per warpgroup."""
+  epi_m, epi_n = min(64, cfg.tile_m), min(cfg.epi_tile_n, cfg.tile_n)
+  return epi_m, epi_n, min(2, (cfg.tile_m * cfg.tile_n) // (epi_m * epi_n))
+
+
+def output_staging(cfg: HopperConfig, out_dtype):
+  """Shared-memory staging of the epilogue, [2 warpgroups, slots, epi_m, epi_n], swizzled for TMA stores."""
+  plgpu = _plgpu()
+  epi_m, epi_n, slots = _epi_dims(cfg)
+  size = jnp.dtype(out_dtype).itemsize
+  swizzle = plgpu.find_swizzle(epi_n * size * 8)
+  transforms = (plgpu.TilingTransform((8, swizzle // size)), plgpu.SwizzleTransform(swizzle))
+  return plgpu.SMEM((2, slots, epi_m, epi_n), out_dtype, transforms=transforms)
+
+
+def store_tile(y, out_smem, out_tile, wg, cfg: HopperConfig):
+  """y [tile_m, tile_n] -> out_tile (its gmem ref) by TMA, through this warpgroup's staging slots of
+  `output_staging`; a slot is rewritten once its previous store has read it."""
+  plgpu = _plgpu()
+  epi_m, epi_n, slots = _epi_dims(cfg)
+  y = y.astype(out_smem.dtype)
+  plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+  for ei in range(cfg.tile_m // epi_m):
+    for ej in range(cfg.tile_n // epi_n):
+      slot = (ei * (cfg.tile_n // epi_n) + ej) % slots
+      plgpu.wait_smem_to_gmem(1, wait_read_only=True)
+      out_smem[wg, slot] = y[ei * epi_m:(ei + 1) * epi_m, ej * epi_n:(ej + 1) * epi_n]
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(out_smem.at[wg, slot], out_tile.at[pl.ds(ei * epi_m, epi_m), pl.ds(ej * epi_n, epi_n)])
+
+
+def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, out_gmem, *,
             cfg: HopperConfig, num_sms: int, w_int4: bool = False, word_unpack: bool = True):
   plgpu = _plgpu()
   m, k = x_gmem.shape
@@ -74,11 +103,6 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
   half = tk // 2
   half_transforms = (plgpu.TilingTransform((8, half)), plgpu.SwizzleTransform(half))
   word_transforms = (plgpu.TilingTransform((8, half // 4)), plgpu.SwizzleTransform(half))  # the same bytes as uint32
-  epi_m, epi_n = min(64, tm), min(cfg.epi_tile_n, tn)
-  out_size = jnp.dtype(out_gmem.dtype).itemsize
-  out_swizzle = plgpu.find_swizzle(epi_n * out_size * 8)
-  out_transforms = (plgpu.TilingTransform((8, out_swizzle // out_size)), plgpu.SwizzleTransform(out_swizzle))
-  num_out_slots = min(2, (tm * tn) // (epi_m * epi_n))
 
   delay = 1 if w_int4 else cfg.delay_release  # the int4 body keeps one wgmma in flight across steps
 
@@ -112,13 +136,6 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
     return (x_rows, x_rows, w_rows) if w_int4 else (x_rows, w_rows)
 
   n_vec = 3 if b_gmem is not None else 2
-  has_uv = u_gmem is not None  # a rank-1 term u[m] v[n] (QUIK's zero-point correction)
-  n_vec += 2 if has_uv else 0
-  has_o = xo_gmem is not None
-  if has_o:  # 16-bit outlier tiles [tm, C] and [tn, C], 128-byte swizzled rows of 64 elements
-    c = xo_gmem.shape[1]
-    o_transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
-    n_vec += 2
 
   @functools.partial(
       pl.run_scoped,
@@ -129,19 +146,14 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
                if not word_unpack else
                plgpu.RefUnion(plgpu.SMEM((2, 2, 2, tn, half // 4), jnp.uint32, transforms=word_transforms),
                               plgpu.SMEM((2, 2, 2, tn, half), jnp.int8, transforms=half_transforms))),
-      out_smem=plgpu.SMEM((2, num_out_slots, epi_m, epi_n), out_gmem.dtype, transforms=out_transforms),
+      out_smem=output_staging(cfg, out_gmem.dtype),
       sx_smem=plgpu.SMEM((2, tm), jnp.float32),
       sw_smem=plgpu.SMEM((2, tn), jnp.float32),
       b_smem=plgpu.SMEM((2, tn), jnp.float32) if b_gmem is not None else None,
-      u_smem=plgpu.SMEM((2, tm), jnp.float32) if has_uv else None,
-      v_smem=plgpu.SMEM((2, tn), jnp.float32) if has_uv else None,
-      xo_smem=plgpu.SMEM((2, tm, c), xo_gmem.dtype, transforms=o_transforms) if has_o else None,
-      wo_smem=plgpu.SMEM((2, tn, c), wo_gmem.dtype, transforms=o_transforms) if has_o else None,
       vec_bar=plgpu.Barrier(num_barriers=2 * n_vec),
       collective_axes="wg",
   )
-  def _scope(pipeline_allocs, wu_smem, out_smem, sx_smem, sw_smem, b_smem, u_smem, v_smem, xo_smem, wo_smem,
-             vec_bar):
+  def _scope(pipeline_allocs, wu_smem, out_smem, sx_smem, sw_smem, b_smem, vec_bar):
     wg = lax.axis_index("wg")
 
     @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
@@ -156,10 +168,6 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
         vecs = [(sx_gmem.at[m_sl], sx_smem), (sw_gmem.at[n_sl], sw_smem)]
         if b_gmem is not None:
           vecs.append((b_gmem.at[n_sl], b_smem))
-        if has_uv:
-          vecs += [(u_gmem.at[m_sl], u_smem), (v_gmem.at[n_sl], v_smem)]
-        if has_o:
-          vecs += [(xo_gmem.at[m_sl], xo_smem), (wo_gmem.at[n_sl], wo_smem)]
         for j, (src, dst) in enumerate(vecs):
           plgpu.copy_gmem_to_smem(src, dst.at[wg], vec_bar.at[wg * n_vec + j])
 
@@ -171,34 +179,9 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
           y = acc_ref[...].astype(jnp.float32)
           y = y * lax.broadcast_in_dim(sx_smem[wg], (tm, tn), [0])
           y = y * lax.broadcast_in_dim(sw_smem[wg], (tm, tn), [1])
-          if has_uv:
-            y = y + lax.broadcast_in_dim(u_smem[wg], (tm, tn), [0]) * lax.broadcast_in_dim(v_smem[wg], (tm, tn), [1])
           if b_gmem is not None:
             y = y + lax.broadcast_in_dim(b_smem[wg], (tm, tn), [1])
-          if has_o and cfg.fold_outliers:  # y += x_o w_oᵀ: one more wgmma, into y's own registers
-            def outlier_product_into(acc_y):
-              plgpu.wgmma(acc_y, xo_smem.at[wg], plgpu.transpose_ref(wo_smem.at[wg], (1, 0)))
-
-            y = pl.run_state(outlier_product_into)(plgpu.ACC.init(y))
-          elif has_o:  # the 16-bit outlier product: one more wgmma per tile, float32 accumulator
-            @functools.partial(pl.run_scoped, acc_o=plgpu.ACC((tm, tn), jnp.float32))
-            def outlier_product(acc_o):
-              plgpu.wgmma(acc_o, xo_smem.at[wg], plgpu.transpose_ref(wo_smem.at[wg], (1, 0)))
-              plgpu.wgmma_wait(0)
-              return acc_o[...]
-
-            y = y + outlier_product
-          y = y.astype(out_gmem.dtype)
-          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-          for ei in range(tm // epi_m):
-            for ej in range(tn // epi_n):
-              slot = (ei * (tn // epi_n) + ej) % num_out_slots
-              plgpu.wait_smem_to_gmem(1, wait_read_only=True)
-              out_smem[wg, slot] = y[ei * epi_m:(ei + 1) * epi_m, ej * epi_n:(ej + 1) * epi_n]
-              plgpu.commit_smem()
-              plgpu.copy_smem_to_gmem(
-                  out_smem.at[wg, slot],
-                  out_gmem.at[m_sl, n_sl].at[pl.ds(ei * epi_m, epi_m), pl.ds(ej * epi_n, epi_n)])
+          store_tile(y, out_smem, out_gmem.at[m_sl, n_sl], wg, cfg)
 
       def mma_body(_, x_smem, w_smem, acc_ref):
         plgpu.wgmma(acc_ref, x_smem, plgpu.transpose_ref(w_smem.at[pl.ds(wg * tn, tn)], (1, 0)))
@@ -239,40 +222,39 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
 _SMEM_BYTES = 227 * 1024  # per block on sm_90
 
 
-def _fit_smem(cfg: HopperConfig, out_size: int, c: int, bias: bool, rank1: bool = False,
+def _fit_smem(cfg: HopperConfig, out_size: int, bias: bool, rank1: bool = False,
               w_int4: bool = False) -> HopperConfig | None:
   """`cfg` with fewer pipeline stages where the buffers would overflow shared memory; None where even
   2 stages do not fit. Each buffer is counted rounded up to 1 KB (the allocator's alignment for
-  swizzled tiles), plus 256 B of barriers: this matches the sizes Mosaic GPU reported for the
-  128 x 256 W8A8 tiles with bias and the W8A8O16 tiles with bias and float32 output."""
+  swizzled tiles), plus 512 B of barriers: this matches the sizes Mosaic GPU reported for the
+  128 x 256 W8A8 tiles with bias (tests/bench/test_gemm_hopper.py checks the model against its
+  lowering). rank1: QUIK's two vectors (w8a8o16_matmul_hopper); w_int4: the unpacked weights'
+  staging (2 warpgroups x 2 slots) and packed weight tiles (w4a8_matmul_hopper)."""
   tm, tn = cfg.tile_m, cfg.tile_n
   kb = lambda b: -(-b // 1024) * 1024
+  step = (tm + (tn if w_int4 else 2 * tn)) * cfg.tile_k  # bytes per pipeline stage
 
   def stages_with(epi_n):  # most pipeline stages (<= cfg.stages, >= 2) that fit, or None
     fixed = (kb(2 * 2 * min(64, tm) * min(epi_n, tn) * out_size) + kb(2 * tm * 4) + kb(2 * tn * 4)
-             + (kb(2 * tn * 4) if bias else 0) + (kb(2 * tm * c * 2) + kb(2 * tn * c * 2) if c else 0)
-             + (kb(2 * tm * 4) + kb(2 * tn * 4) if rank1 else 0) + 256
-             + (4 * tn * cfg.tile_k if w_int4 else 0))  # unpacked weights: 2 warpgroups x 2 slots
-    step = (tm + (tn if w_int4 else 2 * tn)) * cfg.tile_k  # bytes per pipeline stage
-    stages = cfg.stages
-    while stages > 2 and stages * step + fixed > _SMEM_BYTES:
-      stages -= 1
-    return stages if stages * step + fixed <= _SMEM_BYTES else None
+             + (kb(2 * tn * 4) if bias else 0) + (kb(2 * tm * 4) + kb(2 * tn * 4) if rank1 else 0) + 512
+             + (4 * tn * cfg.tile_k if w_int4 else 0))
+    return max((s for s in range(2, cfg.stages + 1) if s * step + fixed <= _SMEM_BYTES), default=None)
 
   stages = stages_with(cfg.epi_tile_n)
   if cfg.epi_tile_n > 32 and (stages or 0) < min(cfg.stages, 3):
-    # Narrower output staging (half the bytes) before a third pipeline stage is lost: W8A8O16 with
-    # QUIK's rank-1 vectors is 1.25 KB over at 128 x 64 with 3 stages (2 stages ran 0.92x bf16 there).
+    # Narrower output staging (half the bytes) before a third pipeline stage is lost. Only then: with
+    # a bias at 128 x 256, 4 stages at 32 columns measured no faster than 3 at 64 (H100, 2026-12-06:
+    # 289.6 against 282.7 us at 11008 x 4096, M = 4096; equal at 4096^2).
     narrow = stages_with(32)
     if narrow is not None and narrow >= 3:
       return dataclasses.replace(cfg, stages=narrow, epi_tile_n=32)
   return None if stages is None else dataclasses.replace(cfg, stages=stages)
 
 
-def fits(cfg: HopperConfig, out_dtype, outlier_columns: int = 0, bias: bool = False, rank1: bool = False) -> bool:
-  """Whether the kernel fits shared memory with this config (at 2 or more stages)."""
-  c = -(-outlier_columns // 64) * 64
-  return _fit_smem(cfg, jnp.dtype(out_dtype).itemsize, c, bias, rank1) is not None
+def fits(cfg: HopperConfig, out_dtype, bias: bool = False, rank1: bool = False) -> bool:
+  """Whether the kernel (or w8a8o16_matmul_hopper, whose outlier columns need no shared memory of their
+  own; rank1 = QUIK's vectors) fits shared memory at 2 or more stages."""
+  return _fit_smem(cfg, jnp.dtype(out_dtype).itemsize, bias, rank1) is not None
 
 
 def is_hopper() -> bool:
@@ -299,7 +281,7 @@ _STATIC = ("out_dtype", "config", "interpret", "num_sms")
 def w8a8_matmul_hopper(x_q, s_x, w_q, s_w, bias=None, *, out_dtype=jnp.bfloat16,
                        config: HopperConfig = HopperConfig(), interpret: bool = False, num_sms: int | None = None):
   """x_q int8 [M, K], s_x f32 [M], w_q int8 [N, K], s_w f32 [N], bias [N] or None -> [M, N] out_dtype."""
-  return _call(x_q, s_x, w_q, s_w, bias, None, None, None, None, None, out_dtype, config, interpret, num_sms)
+  return _call(x_q, s_x, w_q, s_w, bias, out_dtype, config, interpret, num_sms)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -319,24 +301,10 @@ def w4a8_matmul_hopper(x_q, s_x, w_packed, s_w, bias=None, *, out_dtype=jnp.bflo
     raise ValueError(f"w4a8_matmul_hopper: w_packed has {kb} bytes per row; K must be a multiple of 128")
   if not interpret:  # [N, K / 8] uint32 words for the word-wise unpack (a free bitcast)
     w_packed = lax.bitcast_convert_type(w_packed.view(jnp.uint8).reshape(n, kb // 4, 4), jnp.uint32)
-  return _call(x_q, s_x, w_packed, s_w, bias, None, None, None, None, None, out_dtype, config, interpret, num_sms,
-               w_int4=True)
+  return _call(x_q, s_x, w_packed, s_w, bias, out_dtype, config, interpret, num_sms, w_int4=True)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o, w_o, outlier_count, bias=None, u=None, v=None, *,
-                          out_dtype=jnp.bfloat16, config: HopperConfig = HopperConfig(tile_n=64),
-                          interpret: bool = False, num_sms: int | None = None):
-  """MixQ W8A8O16 on Hopper: w8a8_matmul_hopper plus x_o [M, C] @ w_o[N, C].T (16-bit), slots >= count
-  ignored; the outlier product is one more wgmma on each output tile, accumulated in float32.
-  u [M], v [N] float32 (both or neither) add the rank-1 term u[m] v[n] in the epilogue (QUIK's
-  asymmetric-activation correction, w4_hopper.py)."""
-  if (u is None) != (v is None):
-    raise ValueError("w8a8o16_matmul_hopper: pass both u [M] and v [N] (the rank-1 term), or neither")
-  return _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, outlier_count, u, v, out_dtype, config, interpret, num_sms)
-
-
-def _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, count, u, v, out_dtype, config, interpret, num_sms, w_int4=False):
+def _call(x_q, s_x, w_q, s_w, bias, out_dtype, config, interpret, num_sms, w_int4=False):
   plgpu = _plgpu()
   m, k = x_q.shape
   n = w_q.shape[0]
@@ -346,34 +314,18 @@ def _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, count, u, v, out_dtype, config, in
   if mp != m:  # whole tiles only: zero rows, sliced off below
     x_q = jnp.pad(x_q, ((0, mp - m), (0, 0)))
     s_x = jnp.pad(s_x, (0, mp - m))
-  if u is not None:
-    u = jnp.pad(u.astype(jnp.float32), (0, mp - m))
-    v = v.astype(jnp.float32)
   b = None if bias is None else bias.astype(jnp.float32)
-  c = 0
-  if x_o is not None:
-    c = x_o.shape[1]
-    cp = pl.cdiv(c, 64) * 64  # whole 128-byte rows; zero columns add nothing
-    valid = jnp.arange(cp) < jnp.reshape(count, ())
-    # Slots past the count may hold anything (NaN too): zero them in both operands.
-    x_o = jnp.where(valid[None, :], jnp.pad(x_o, ((0, mp - m), (0, cp - c))), 0).astype(x_o.dtype)
-    w_o = jnp.where(valid[None, :], jnp.pad(w_o, ((0, 0), (0, cp - c))), 0).astype(x_o.dtype)
-    c = cp
-  fitted = _fit_smem(config, jnp.dtype(out_dtype).itemsize, c, bias is not None, u is not None, w_int4)
+  fitted = _fit_smem(config, jnp.dtype(out_dtype).itemsize, bias is not None, w_int4=w_int4)
   if fitted is None:
-    raise ValueError(f"w8a8_matmul_hopper: {config} with C={c} outlier columns and {jnp.dtype(out_dtype).name} "
-                     "output does not fit shared memory")
-  config = fitted
+    raise ValueError(f"w8a8_matmul_hopper: {config} with {jnp.dtype(out_dtype).name} output does not fit shared memory")
   sms = num_sms or device_sm_count()
   kw = {}
   if interpret:
-    # The Mosaic GPU interpreter has no run_state (jax 0.10-0.11); the unfolded form is the same sum.
-    config = dataclasses.replace(config, fold_outliers=False)
     from jax._src.pallas.mosaic_gpu.interpret import params as ip  # noqa: PLC0415
 
     kw["interpret"] = ip.InterpretGPUParams()
   f = plgpu.kernel(
-      functools.partial(_kernel, cfg=config, num_sms=sms, w_int4=w_int4, word_unpack=not interpret),
+      functools.partial(_kernel, cfg=fitted, num_sms=sms, w_int4=w_int4, word_unpack=not interpret),
       out_type=jax.ShapeDtypeStruct((mp, n), out_dtype),
       grid=(sms,),
       grid_names=("sm",),
@@ -382,5 +334,5 @@ def _call(x_q, s_x, w_q, s_w, bias, x_o, w_o, count, u, v, out_dtype, config, in
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       **kw,
   )
-  y = f(x_q, s_x, w_q, s_w, b, x_o, w_o, u, v)
+  y = f(x_q, s_x, w_q, s_w, b)
   return y[:m] if mp != m else y

@@ -35,20 +35,23 @@ def test_sweep_config_lowers(name):
 
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("out_dtype", [jnp.bfloat16, jnp.float32])
-@pytest.mark.parametrize("name,cfg", [("w8a8", HopperConfig()), ("o16", HopperConfig(tile_n=64, stages=3))])
-def test_smem_model_matches_mosaic(name, cfg, out_dtype, bias):
+@pytest.mark.parametrize("name", ["w8a8", "o16", "o16_rank1"])
+def test_smem_model_matches_mosaic(name, out_dtype, bias):
   """`fits` (which the dispatch consults) agrees with Mosaic GPU's own shared-memory check: what it
   accepts lowers at a ragged M; what it rejects raises a clear error instead of a lowering failure."""
-  m, n, k = 1000, 4096, 4096
+  m, n, k, cfg = 1000, 4096, 4096, HopperConfig()
   args = [S((m, k), jnp.int8), S((m,), jnp.float32), S((n, k), jnp.int8), S((n,), jnp.float32)]
-  if name == "o16":
+  if name.startswith("o16"):
     args += [S((m, 128), jnp.bfloat16), S((n, 128), jnp.bfloat16), S((), jnp.int32)]
+    args.append(S((n,), jnp.bfloat16) if bias else None)
+    if name == "o16_rank1":
+      args += [S((m,), jnp.float32), S((n,), jnp.float32)]
     fn = lambda *a: w8a8o16_matmul_hopper(*a, out_dtype=out_dtype, config=cfg, num_sms=132)
   else:
     fn = lambda *a: w8a8_matmul_hopper(*a, out_dtype=out_dtype, config=cfg, num_sms=132)
-  if bias:
-    args.append(S((n,), jnp.bfloat16))
-  if fits(cfg, out_dtype, 128 if name == "o16" else 0, bias):
+    if bias:
+      args.append(S((n,), jnp.bfloat16))
+  if fits(cfg, out_dtype, bias, rank1=name == "o16_rank1"):
     assert "mosaic_gpu" in jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
   else:
     with pytest.raises(ValueError, match="does not fit shared memory"):
@@ -56,6 +59,8 @@ def test_smem_model_matches_mosaic(name, cfg, out_dtype, bias):
 
 
 def test_measured_defaults_keep_their_stages():
-  """The configs timed in BENCHMARKS.md: W8A8 128 x 256 at 4 stages, W8A8O16 128 x 128 at 3."""
-  assert _fit_smem(HopperConfig(), 2, 0, False).stages == 4
-  assert _fit_smem(HopperConfig(tile_n=64, stages=3), 2, 128, False).stages == 3
+  """The configs timed in BENCHMARKS.md: 128 x 256 tiles at 4 stages (W8A8 and W8A8O16, whose outlier
+  columns take no shared memory of their own), 3 with a bias or QUIK's rank-1 vectors."""
+  assert _fit_smem(HopperConfig(), 2, False) == HopperConfig()
+  assert _fit_smem(HopperConfig(), 2, True) == HopperConfig(stages=3)
+  assert _fit_smem(HopperConfig(), 2, False, rank1=True) == HopperConfig(stages=3)

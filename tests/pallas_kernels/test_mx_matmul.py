@@ -82,11 +82,11 @@ def test_fp4_word_pairs_exact(pos):
 
 
 @pytest.mark.parametrize("decode", ["words", "bits", "float"])
-def test_mx_matmul_fp4_decodes_agree(decode, monkeypatch):
+def test_mx_matmul_fp4_decodes_agree(decode, kernel_flag):
   """Every E2M1 decode of the 16-bit path matches the reference, with scales across a wide range."""
   import sys  # noqa: PLC0415
 
-  monkeypatch.setattr(sys.modules["mixq_jax.pallas_kernels.mx_matmul"], "FP4_DECODE", decode)
+  kernel_flag(sys.modules["mixq_jax.pallas_kernels.mx_matmul"], "FP4_DECODE", decode)
   kx, kw, ks = keys(3)
   m, n, k = 5, 32, 384
   x = jax.random.normal(kx, (m, k), jnp.bfloat16) * jnp.exp2(jax.random.randint(ks, (1, k), -12, 12)).astype(jnp.bfloat16)

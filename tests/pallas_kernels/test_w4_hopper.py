@@ -122,7 +122,7 @@ def test_dispatch(monkeypatch):
 
 
 def test_rank1_needs_both_vectors():
-  from mixq_jax.pallas_kernels.w8a8_matmul_hopper import w8a8o16_matmul_hopper  # noqa: PLC0415
+  from mixq_jax.pallas_kernels.w8a8o16_matmul_hopper import w8a8o16_matmul_hopper  # noqa: PLC0415
 
   x, w = jnp.ones((64, 128), jnp.int8), jnp.ones((128, 128), jnp.int8)
   s = jnp.ones((64,), jnp.float32)

@@ -29,11 +29,11 @@ def test_w4a16(m, n, k, split_k, bias):
 @pytest.mark.parametrize("magic", [True, False])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("split_k", [1, 2, 4])
-def test_w4a16_int4_to_float(magic, dtype, split_k, monkeypatch):
+def test_w4a16_int4_to_float(magic, dtype, split_k, kernel_flag):
   """The magic-number conversion (16 + q exact in 16 bits, the offset folded into the zero point, x
   permuted by the wrapper) and the byte unpack agree with the reference, with the row sums of x from
   an MMA in the kernel, also with uneven K slices (5 pack blocks)."""
-  monkeypatch.setattr(_w4_common, "MAGIC", magic)
+  kernel_flag(_w4_common, "MAGIC", magic)
   kx, kw = keys(2)
   m, n, k = 3, 32, 576
   x = jax.random.normal(kx, (m, k), dtype)
@@ -46,10 +46,10 @@ def test_w4a16_int4_to_float(magic, dtype, split_k, monkeypatch):
 
 @pytest.mark.parametrize("group", [256, 512])
 @pytest.mark.parametrize("magic,block_m", [(True, 16), (False, 16), (False, 64)])
-def test_w4a16_groups_wider_than_a_pack_block(group, magic, block_m, monkeypatch):
+def test_w4a16_groups_wider_than_a_pack_block(group, magic, block_m, kernel_flag):
   """Groups of 256 / 512 columns span several pack blocks: each block's correction uses that block's
   own row sums (a group-wide sum per block counted the zero point twice; regression)."""
-  monkeypatch.setattr(_w4_common, "MAGIC", magic)
+  kernel_flag(_w4_common, "MAGIC", magic)
   kx, kw = keys(2)
   m, n, k = 5 if block_m == 16 else 66, 32, 1000
   x = jax.random.normal(kx, (m, k), jnp.bfloat16)

@@ -24,10 +24,10 @@ def test_w4a8_accumulator_bit_exact(m, grouped):
 @pytest.mark.parametrize("word_unpack", [True, False])
 @pytest.mark.parametrize("grouped,split_k,block_k", [(False, 2, 128), (False, 4, 128), (True, 2, 128),
                                                      (False, 2, 256), (False, 8, 128)])
-def test_w4a8_split_k_exact(word_unpack, grouped, split_k, block_k, monkeypatch):
+def test_w4a8_split_k_exact(word_unpack, grouped, split_k, block_k, kernel_flag):
   """K slices (5 pack blocks, one per step, in 2 or 4 uneven slices, or 8 -> 5) write int32 partials;
   their sum is still the exact accumulator, with and without the word-wise unpack."""
-  monkeypatch.setattr(_w4_common, "WORD_UNPACK", word_unpack)
+  kernel_flag(_w4_common, "WORD_UNPACK", word_unpack)
   x, w_q, s_g, ones_m, ones_n, want = w4a8_exact_case(7, 48, 576, grouped)
   cfg = KernelConfig(block_m=16, block_n=16, block_k=block_k, num_warps=4, num_stages=2, split_k=split_k)
   got = w4a8_matmul(x, ones_m, w_q, ones_n, s_g=s_g, out_dtype=jnp.float32, interpret=INTERPRET,

@@ -10,8 +10,7 @@ import pytest
 from kernel_testutil import keys, mosaic_gpu_test_mode, rand_int8, rand_scale, rel_err, small_hopper_config
 from mixq_jax.pallas_kernels import (w8a8_matmul, w8a8_matmul_reference, w8a8o16_matmul,
                                      w8a8o16_matmul_reference)
-from mixq_jax.pallas_kernels.w8a8_matmul_hopper import (HopperConfig, w8a8_matmul_hopper,
-                                                        w8a8o16_matmul_hopper)
+from mixq_jax.pallas_kernels.w8a8_matmul_hopper import HopperConfig, w8a8_matmul_hopper
 
 INTERPRET = mosaic_gpu_test_mode()
 SMALL = small_hopper_config()
@@ -63,25 +62,6 @@ def test_errors():
                        config=HopperConfig(tile_k=32))
 
 
-@pytest.mark.parametrize("fold", [True, False])
-@pytest.mark.parametrize("m,count", [(100, 70), (64, 0), (64, 128)])
-def test_w8a8o16(m, count, fold):
-  """The outlier product fused in the epilogue (folded into the result's accumulator, or a second
-  one); slots past the count hold NaN and must not leak."""
-  n, k, c = 256, 256, 128
-  kx, kw, ks, kt, ko, kp, kb = keys(7)
-  x, w = rand_int8(kx, (m, k)), rand_int8(kw, (n, k))
-  sx, sw = rand_scale(ks, (m,)), rand_scale(kt, (n,))
-  x_o = (4 * jax.random.normal(ko, (m, c))).astype(jnp.bfloat16)
-  w_o = jax.random.normal(kp, (n, c)).astype(jnp.bfloat16).at[:, count:].set(jnp.nan)
-  b = jax.random.normal(kb, (n,), jnp.bfloat16)
-  cfg = dataclasses.replace(SMALL, fold_outliers=fold)
-  got = w8a8o16_matmul_hopper(x, sx, w, sw, x_o, w_o, jnp.int32(count), b, config=cfg, interpret=INTERPRET,
-                              num_sms=3)
-  want = w8a8o16_matmul_reference(x, sx, w, sw, x_o, w_o, jnp.int32(count), b)
-  assert rel_err(got, want) < 4e-3
-
-
 @pytest.mark.skipif(INTERPRET, reason="dispatch to the Hopper kernels happens on sm_90 only")
 def test_dispatch_native():
   """w8a8_matmul / w8a8o16_matmul route large M to these kernels on sm_90 and still match."""
@@ -112,29 +92,33 @@ def test_dispatch_rule(monkeypatch):
   monkeypatch.setattr(hopper_mod, "is_hopper", lambda: True)
   monkeypatch.setattr(hopper_mod, "device_sm_count", lambda: 132)
   assert rule(4096, 4096, 4096, False, None) == HopperConfig()
-  assert rule(4096, 4096, 4096, False, None, outlier_columns=128).tile_n == 64
-  assert rule(4096, 4096, 4096, False, None, outlier_columns=256) is None  # more outliers than the tiles hold
+  # W8A8O16's outlier columns are pipeline steps: the same tiles for any count
+  assert rule(4096, 4096, 4096, False, None, outlier_columns=128) == HopperConfig()
+  assert rule(4096, 4096, 4096, False, None, outlier_columns=256) == HopperConfig()
   assert rule(1000, 11008, 4096, False, None) is None  # under HOPPER_MIN_M: Triton
   assert rule(1024, 1024, 8192, False, None) is None  # 32 tiles for 132 SMs
   assert rule(4096, 4096, 4096, True, None) is None  # interpret mode
   assert rule(4096, 4096, 4096, False, KernelConfig()) is None  # explicit Triton config
   assert rule(4096, 4096 + 16, 4096, False, None) is None  # N not a multiple of 256
-  # W8A8O16 with bias and float32 output does not fit shared memory: Triton
-  assert rule(4096, 4096, 4096, False, None, outlier_columns=128, out_dtype=jnp.float32, bias=True) is None
+  # Shared memory fits 128 x 256 tiles with float32 output, bias and QUIK's rank-1 vectors at 3 stages
+  assert rule(4096, 4096, 4096, False, None, outlier_columns=128, out_dtype=jnp.float32, bias=True,
+              rank1=True) == HopperConfig()
 
 
 def test_narrow_output_staging_keeps_three_stages():
-  """Where a third pipeline stage is 1-2 KB short, the output staging halves (epi_tile_n 32) instead;
-  the result is unchanged (checked in interpret mode / natively)."""
+  """Where a third pipeline stage is 1 KB short (the int4 kernel's staging, a bias and float32
+  output), the output staging halves (epi_tile_n 32) instead; the result is unchanged (checked in
+  interpret mode / natively)."""
   from mixq_jax.pallas_kernels.w8a8_matmul_hopper import _fit_smem
 
-  fitted = _fit_smem(HopperConfig(tile_n=64, stages=3), 2, 128, False, rank1=True)
+  fitted = _fit_smem(HopperConfig(), 4, True, w_int4=True)
   assert (fitted.stages, fitted.epi_tile_n) == (3, 32)
-  assert _fit_smem(HopperConfig(tile_n=64, stages=3), 2, 128, False).epi_tile_n == 64
-  kx, kw, ks, kt = keys(4)
+  assert _fit_smem(HopperConfig(), 2, True, w_int4=True) == HopperConfig(stages=3)  # bf16: the 3rd fits at 64
+  kx, kw, ks, kt, kb = keys(5)
   x, w = rand_int8(kx, (100, 256)), rand_int8(kw, (256, 256))
   sx, sw = rand_scale(ks, (100,)), rand_scale(kt, (256,))
+  b = jax.random.normal(kb, (256,), jnp.bfloat16)
   cfg = dataclasses.replace(SMALL, epi_tile_n=32)
-  got = w8a8_matmul_hopper(x, sx, w, sw, out_dtype=jnp.float32, config=cfg, interpret=INTERPRET, num_sms=2)
-  np.testing.assert_allclose(np.asarray(got), np.asarray(w8a8_matmul_reference(x, sx, w, sw, out_dtype=jnp.float32)),
+  got = w8a8_matmul_hopper(x, sx, w, sw, b, out_dtype=jnp.float32, config=cfg, interpret=INTERPRET, num_sms=2)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(w8a8_matmul_reference(x, sx, w, sw, b, out_dtype=jnp.float32)),
                              rtol=1e-6, atol=1e-6)
