@@ -4,6 +4,9 @@ Shape letters: M tokens, N output features, K input features, C outlier columns 
 
     y = (x_q @ w_q.T) s_x[:, None] s_w[None, :] (+ u v^T) (+ bias) + x_o @ w_o.T   # = w8a8o16_matmul
 
+Exact vs rounded: the int32 accumulator is exact; x_o and w_o are 16-bit (bf16, or fp16 if x_o is fp16)
+with a float32 accumulate; the epilogue is float32, rounded once to out_dtype.
+
 Why its own kernel: the first W8A8O16 on Hopper (the W8A8 kernel with the outlier tiles of each
 output tile in their own shared memory, 96 KB at C = 128) had room for 128 x 64 tiles and 3 stages
 only, and measured 1.16-1.36x bf16 at M = 4096 against W8A8's 1.66-1.86x (H100, BENCHMARKS.md). Here the
@@ -35,6 +38,7 @@ from jax.experimental import pallas as pl
 from mixq_jax.pallas_kernels.w8a8_matmul_hopper import (HopperConfig, _fit_smem, _plgpu, device_sm_count,
                                                         output_staging, store_tile)
 
+
 def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, v_gmem, out_gmem, *,
             cfg: HopperConfig, interpret: bool):
   plgpu = _plgpu()
@@ -43,8 +47,9 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
   tm, tn, tk, ns = cfg.tile_m, cfg.tile_n, cfg.tile_k, cfg.stages
   cta_n = 2 * tn
   m_iters, n_iters, k_iters = m // tm, n // cta_n, k // tk
-  ow = tk // 2  # bf16 columns per outlier step: the bytes of one int8 step
+  ow = tk // 2  # 16-bit columns per outlier step: the bytes of one int8 step
   o_iters = 0 if xo_gmem is None else xo_gmem.shape[1] // ow
+  o_dtype = None if xo_gmem is None else xo_gmem.dtype  # bf16 or fp16
   steps = k_iters + o_iters  # pipeline steps per output tile
   t8 = (plgpu.TilingTransform((8, tk)), plgpu.SwizzleTransform(tk))
   t16 = (plgpu.TilingTransform((8, ow)), plgpu.SwizzleTransform(tk))
@@ -54,11 +59,11 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
   vecs = [v for v in vecs if v[1] is not None]
   n_vec = len(vecs)
 
-  def stage_buffers(rows):  # int8 [stages, rows, tk] and its bf16 view [stages, rows, ow]
+  def stage_buffers(rows):  # int8 [stages, rows, tk] and its 16-bit view [stages, rows, ow]
     b8 = plgpu.SMEM((ns, rows, tk), jnp.int8, transforms=t8)
     if not o_iters:
       return b8
-    b16 = plgpu.SMEM((ns, rows, ow), jnp.bfloat16, transforms=t16)
+    b16 = plgpu.SMEM((ns, rows, ow), o_dtype, transforms=t16)
     return (b8, b16) if interpret else plgpu.RefUnion(b8, b16)
 
   def tile_of(lin):
@@ -110,7 +115,7 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
           cols = pl.ds(kk * tk, tk)
           fetch(kk, x_gmem.at[x_rows, cols], x8, w_gmem.at[w_rows, cols], w8)
 
-        for j in range(o_iters):  # the outlier columns, through the bf16 view of the same buffers
+        for j in range(o_iters):  # the outlier columns, through the 16-bit view of the same buffers
           cols = pl.ds(j * ow, ow)
           fetch(k_iters + j, xo_gmem.at[x_rows, cols], x16, wo_gmem.at[w_rows, cols], w16)
 
@@ -183,9 +188,9 @@ _STATIC = ("out_dtype", "config", "interpret", "num_sms")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o=None, w_o=None, outlier_count=None, bias=None, u=None,
-                                v=None, *, out_dtype=jnp.bfloat16, config: HopperConfig = HopperConfig(),
-                                interpret: bool = False, num_sms: int | None = None):
+def w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o=None, w_o=None, outlier_count=None, bias=None, u=None, v=None,
+                          *, out_dtype=jnp.bfloat16, config: HopperConfig = HopperConfig(), interpret: bool = False,
+                          num_sms: int | None = None):
   """x_q int8 [M, K], s_x f32 [M], w_q int8 [N, K], s_w f32 [N]; x_o [M, C], w_o [N, C] 16-bit with
   slots >= outlier_count ignored (all three or none: without them this is W8A8); bias [N]; u [M], v [N]
   float32 (both or neither): QUIK's rank-1 term. -> [M, N] out_dtype."""
@@ -212,8 +217,9 @@ def w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o=None, w_o=None, outlier_count=
     cp = pl.cdiv(c, ow) * ow  # whole steps; zero columns add nothing
     valid = jnp.arange(cp) < jnp.reshape(outlier_count, ())
     # Slots past the count may hold anything (NaN too): zero them in both operands.
-    x_o = jnp.where(valid[None, :], jnp.pad(x_o, ((0, mp - m), (0, cp - c))), 0).astype(jnp.bfloat16)
-    w_o = jnp.where(valid[None, :], jnp.pad(w_o, ((0, 0), (0, cp - c))), 0).astype(jnp.bfloat16)
+    o_dtype = x_o.dtype if x_o.dtype in (jnp.bfloat16, jnp.float16) else jnp.bfloat16  # a 16-bit wgmma operand
+    x_o = jnp.where(valid[None, :], jnp.pad(x_o, ((0, mp - m), (0, cp - c))), 0).astype(o_dtype)
+    w_o = jnp.where(valid[None, :], jnp.pad(w_o, ((0, 0), (0, cp - c))), 0).astype(o_dtype)
   fitted = _fit_smem(config, jnp.dtype(out_dtype).itemsize, bias is not None, u is not None)
   if fitted is None:
     raise ValueError(f"w8a8o16_matmul_hopper: {config} does not fit shared memory")

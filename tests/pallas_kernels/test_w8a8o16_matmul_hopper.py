@@ -15,10 +15,10 @@ INTERPRET = mosaic_gpu_test_mode()
 SMALL = small_hopper_config()
 
 
-def _outliers(m, n, c, count):
+def _outliers(m, n, c, count, dtype=jnp.bfloat16):
   ko, kp = keys(2)
-  x_o = (4 * jax.random.normal(ko, (m, c))).astype(jnp.bfloat16)
-  w_o = jax.random.normal(kp, (n, c)).astype(jnp.bfloat16).at[:, count:].set(jnp.nan)  # unused slots: NaN
+  x_o = (4 * jax.random.normal(ko, (m, c))).astype(dtype)
+  w_o = jax.random.normal(kp, (n, c)).astype(dtype).at[:, count:].set(jnp.nan)  # unused slots: NaN
   return x_o, w_o
 
 
@@ -53,6 +53,21 @@ def test_w8a8o16(m, k, c, count, stages):
   want = w8a8o16_matmul_reference(x, sx, w, sw, x_o, w_o, cnt, b)
   assert got.shape == (m, n) and got.dtype == jnp.bfloat16
   assert rel_err(got, want) < 4e-3
+
+
+def test_fp16_outliers_stay_fp16():
+  """fp16 outlier operands run an fp16 wgmma (not rounded to bf16): float32 output within float32
+  summation-order error of the reference."""
+  m, n, k, c = 64, 128, 256, 64
+  kx, kw, ks, kt = keys(4)
+  x, w = rand_int8(kx, (m, k)), rand_int8(kw, (n, k))
+  sx, sw = rand_scale(ks, (m,)), rand_scale(kt, (n,))
+  x_o, w_o = _outliers(m, n, c, 50, jnp.float16)
+  cnt = jnp.int32(50)
+  got = w8a8o16_matmul_hopper(x, sx, w, sw, x_o, w_o, cnt, out_dtype=jnp.float32, config=SMALL,
+                              interpret=INTERPRET, num_sms=2)
+  want = w8a8o16_matmul_reference(x, sx, w, sw, x_o, w_o, cnt, out_dtype=jnp.float32)
+  assert rel_err(got, want) < 1e-5
 
 
 def test_rank1_term():
