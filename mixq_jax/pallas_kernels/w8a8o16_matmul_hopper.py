@@ -151,10 +151,27 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
           plgpu.barrier_arrive(consumed_bar.at[slot])
 
         def int8_steps(acc_ref):
-          @pl.loop(0, k_iters)
-          def _k(kk):
-            step(kk, x8, w8, acc_ref)
+          if not cfg.delay_release:
+            @pl.loop(0, k_iters)
+            def _k(kk):
+              step(kk, x8, w8, acc_ref)
 
+            return acc_ref[...]
+
+          # delay_release 1: one wgmma stays in flight, so a step's buffers are released a step later
+          @pl.loop(0, k_iters)
+          def _k_delayed(kk):
+            slot = lax.rem(base + kk, ns)
+            plgpu.barrier_wait(load_bar.at[slot])
+            plgpu.wgmma(acc_ref, x8.at[slot], plgpu.transpose_ref(w8.at[slot, w_cols], (1, 0)))
+            plgpu.wgmma_wait(1)
+
+            @pl.when(kk > 0)
+            def _():
+              plgpu.barrier_arrive(consumed_bar.at[lax.rem(base + kk - 1, ns)])
+
+          plgpu.wgmma_wait(0)
+          plgpu.barrier_arrive(consumed_bar.at[lax.rem(base + k_iters - 1, ns)])
           return acc_ref[...]
 
         def outlier_steps(acc_ref):
@@ -201,6 +218,9 @@ def w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o=None, w_o=None, outlier_count=
     raise ValueError("w8a8o16_matmul_hopper: pass x_o, w_o and outlier_count together, or none")
   if (u is None) != (v is None):
     raise ValueError("w8a8o16_matmul_hopper: pass both u [M] and v [N] (the rank-1 term), or neither")
+  if config.delay_release not in (0, 1) or config.stages <= config.delay_release:
+    raise ValueError(f"w8a8o16_matmul_hopper: delay_release={config.delay_release} must be 0 or 1 and below "
+                     f"stages={config.stages}")
   if k % config.tile_k or n % (2 * config.tile_n) or config.tile_k not in (64, 128):
     raise ValueError(f"w8a8o16_matmul_hopper: N={n} must divide by {2 * config.tile_n} and K={k} by "
                      f"tile_k={config.tile_k} (64 or 128)")

@@ -22,32 +22,33 @@ def _outliers(m, n, c, count, dtype=jnp.bfloat16):
   return x_o, w_o
 
 
-@pytest.mark.parametrize("m,n,k,sms,tile_k", [(64, 128, 128, 1, 128), (100, 256, 384, 3, 128), (1, 128, 256, 2, 128),
-                                              (100, 128, 320, 2, 64)])
-def test_accumulator_bit_exact_without_outliers(m, n, k, sms, tile_k):
+@pytest.mark.parametrize("m,n,k,sms,tile_k,delay", [(64, 128, 128, 1, 128, 1), (100, 256, 384, 3, 128, 0),
+                                                    (1, 128, 256, 2, 128, 0), (100, 128, 320, 2, 64, 1)])
+def test_accumulator_bit_exact_without_outliers(m, n, k, sms, tile_k, delay):
   """No outliers: plain W8A8. Unit scales and float32 out expose the int32 accumulator, which must be
   exact, through several output tiles per SM (the pipeline runs on across tiles)."""
   kx, kw = keys(2)
   x, w = rand_int8(kx, (m, k)), rand_int8(kw, (n, k))
-  cfg = HopperConfig(tile_m=64, tile_n=64, tile_k=tile_k, stages=2, grid_tile_width=2)
+  cfg = HopperConfig(tile_m=64, tile_n=64, tile_k=tile_k, stages=2, grid_tile_width=2, delay_release=delay)
   got = w8a8o16_matmul_hopper(x, jnp.ones((m,), jnp.float32), w, jnp.ones((n,), jnp.float32),
                                     out_dtype=jnp.float32, config=cfg, interpret=INTERPRET, num_sms=sms)
   want = jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want, np.float32))
 
 
-@pytest.mark.parametrize("m,k,c,count,stages", [(100, 256, 128, 70, 2), (64, 384, 128, 0, 3), (130, 256, 100, 100, 2),
-                                                (64, 128, 64, 64, 3)])
-def test_w8a8o16(m, k, c, count, stages):
+@pytest.mark.parametrize("m,k,c,count,stages,delay", [(100, 256, 128, 70, 2, 0), (64, 384, 128, 0, 3, 0),
+                                                      (130, 256, 100, 100, 2, 1), (64, 128, 64, 64, 3, 1)])
+def test_w8a8o16(m, k, c, count, stages, delay):
   """Outlier steps after the int8 steps, in the same stage buffers (stage counts that do and do not
-  divide the steps per tile); slots past the count hold NaN and must not leak."""
+  divide the steps per tile; int8 buffers released at once or a step late); slots past the count hold
+  NaN and must not leak."""
   n = 256
   kx, kw, ks, kt, kb = keys(5)
   x, w = rand_int8(kx, (m, k)), rand_int8(kw, (n, k))
   sx, sw = rand_scale(ks, (m,)), rand_scale(kt, (n,))
   x_o, w_o = _outliers(m, n, c, count)
   b = jax.random.normal(kb, (n,), jnp.bfloat16)
-  cfg = HopperConfig(tile_m=64, tile_n=64, tile_k=128, stages=stages, grid_tile_width=2)
+  cfg = HopperConfig(tile_m=64, tile_n=64, tile_k=128, stages=stages, grid_tile_width=2, delay_release=delay)
   cnt = jnp.int32(count)
   got = w8a8o16_matmul_hopper(x, sx, w, sw, x_o, w_o, cnt, b, config=cfg, interpret=INTERPRET, num_sms=3)
   want = w8a8o16_matmul_reference(x, sx, w, sw, x_o, w_o, cnt, b)
@@ -114,5 +115,7 @@ def test_errors():
   x, w = jnp.ones((8, 128), jnp.int8), jnp.ones((128, 128), jnp.int8)
   with pytest.raises(ValueError, match="x_o, w_o and outlier_count together"):
     w8a8o16_matmul_hopper(x, ones8, w, ones128, jnp.ones((8, 64), jnp.bfloat16), interpret=True)
+  with pytest.raises(ValueError, match="delay_release=1 must be 0 or 1 and below stages=1"):
+    w8a8o16_matmul_hopper(x, ones8, w, ones128, config=HopperConfig(stages=1, delay_release=1), interpret=True)
   with pytest.raises(ValueError, match="both u"):
     w8a8o16_matmul_hopper(x, ones8, w, ones128, u=ones8, interpret=True)
