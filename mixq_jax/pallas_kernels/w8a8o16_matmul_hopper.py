@@ -66,8 +66,13 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
     b16 = plgpu.SMEM((ns, rows, ow), o_dtype, transforms=t16)
     return (b8, b16) if interpret else plgpu.RefUnion(b8, b16)
 
-  def tile_of(lin):
-    return plgpu.planar_snake(lin, (m_iters, n_iters), 1, cfg.grid_tile_width)
+  def each_tile(body):
+    """Runs body(mi, ni, base) over this SM's output tiles (snake order), base = the tile's first global
+    pipeline step. The producer and the consumers both walk them so: the barriers rely on the same order."""
+    @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
+    def _tiles(info):
+      mi, ni = plgpu.planar_snake(info.index[0], (m_iters, n_iters), 1, cfg.grid_tile_width)
+      body(mi, ni, info.local_index * steps)
 
   def views(buf):
     return (buf, None) if not o_iters else tuple(buf)
@@ -93,10 +98,8 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
       if not interpret:
         plgpu.set_max_registers(40, action="decrease")
 
-      @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
-      def _tiles(info):
-        mi, ni = tile_of(info.index[0])
-        base = info.local_index * steps
+      @each_tile
+      def _fetch_tile(mi, ni, base):
         x_rows, w_rows = pl.ds(mi * tm, tm), pl.ds(ni * cta_n, cta_n)
 
         def fetch(step, x_src, x_dst, w_src, w_dst):
@@ -132,10 +135,8 @@ def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, 
       if not interpret:
         plgpu.set_max_registers(232, action="increase")
 
-      @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
-      def _tiles(info):
-        mi, ni = tile_of(info.index[0])
-        base = info.local_index * steps
+      @each_tile
+      def _compute_tile(mi, ni, base):
         m_sl = pl.ds(mi * tm, tm)
         n_sl = pl.ds(ni * cta_n + wg * tn, tn)  # this warpgroup's columns
         w_cols = pl.ds(wg * tn, tn)
