@@ -162,6 +162,9 @@ TUNE_CANDIDATES = {
     "w4a8": [(16, 32, 512, 4, 4, 1), (16, 32, 256, 4, 4, 1), (16, 32, 256, 4, 4, 2), (16, 64, 256, 4, 4, 2),
              (16, 32, 256, 4, 4, 4)],
     "w4a8g": [(16, 32, 1024, 4, 3, 1), (16, 32, 512, 4, 4, 1), (16, 32, 512, 4, 4, 2), (16, 32, 256, 4, 4, 4)],
+    # mx unrolls block_k / 32 scale blocks per step (block_k 512 spilled at block_m 64)
+    "mx": [(16, 32, 256, 4, 4, 1), (16, 32, 256, 4, 4, 4), (16, 64, 256, 4, 4, 4), (16, 64, 256, 4, 4, 2),
+           (16, 32, 128, 4, 4, 4), (16, 64, 128, 4, 4, 8), (16, 32, 256, 4, 4, 8)],
 }
 
 
@@ -223,12 +226,12 @@ def main():
   p.add_argument("--samples", type=int, default=25, help="timed samples per kernel (median kept; default 25)")
   p.add_argument("--configs", default=None, metavar="BM,BN,BK,W,S[,SPLIT];...",
                  help="also time every kernel with each of these configs (block_m, block_n, block_k, warps, "
-                      "stages, split-K for w4a16) next to its default; block_m is clipped to M's bucket. "
+                      "stages, split-K) next to its default; block_m is clipped to M's bucket. "
                       "Columns are named kernel@BMxBNxBKwWsS[kSPLIT]")
   p.add_argument("--json", default=None, help="write one record per kernel x shape here (after every kernel, so a "
                                               "cut-off run keeps what it timed)")
   p.add_argument("--tune", action="store_true",
-                 help="sweep the decode configs (TUNE_CANDIDATES, M <= 16) of w4a16, w4a8, w4a8g on --models / "
+                 help="sweep the decode configs (TUNE_CANDIDATES, M <= 16) of w4a16, w4a8, w4a8g, mx on --models / "
                       "--shapes and rewrite mixq_jax/pallas_kernels/tuned_table.py with the fastest per shape")
   p.add_argument("--device-time", action="store_true",
                  help="also profile each call: device time (kernels only, no dispatch) and the number of device "

@@ -36,7 +36,9 @@ CONFIGS = {
     "o16_128x128s4": HopperConfig(),
     "o16_128x128s3": HopperConfig(stages=3),
     "o16_128x64s5": HopperConfig(tile_n=64, stages=5),
-    "o16_128x128d1": HopperConfig(delay_release=1),  # one int8 wgmma kept in flight (untimed)
+    "o16_128x128d1": HopperConfig(delay_release=1),  # one int8 wgmma kept in flight
+    "o16_128x128w4": HopperConfig(grid_tile_width=4),
+    "o16_128x128w16": HopperConfig(grid_tile_width=16),
     # W8A8 on w8a8o16_matmul_hopper's hand-written pipeline (no outliers): against w8a8_matmul_hopper's
     "o16k_w8a8": HopperConfig(),
 }

@@ -2,7 +2,7 @@
 
     pip install triton          # the Triton compiler (ptxas, cuobjdump ship in its wheel); optional
     python bench/inspect_kernels.py [--kernels w8a8,w4a16,...] [--ms 16,4096] [--n 8192] [--k 8192] \\
-        [--gpu h100] [--config BM,BN,BK,WARPS,STAGES] [--arch 90] [--keep DIR] [--json OUT]
+        [--gpu h100] [--config BM,BN,BK,WARPS,STAGES[,SPLIT_K]] [--arch 90] [--keep DIR] [--json OUT]
 
 Each kernel is lowered by JAX for CUDA exactly as on the GPU (`lowering_platforms=("cuda",)`), the
 Triton IR (TTIR) handed to XLA is captured, and the PyPI Triton compiler turns it into PTX and a
@@ -182,10 +182,11 @@ def parse_config(text: str | None) -> KernelConfig | None:
   if not text:
     return None
   vals = [int(v) for v in text.split(",")]
-  if len(vals) != 5:
-    raise SystemExit(f"--config takes BM,BN,BK,WARPS,STAGES, got {text!r}")
-  bm, bn, bk, w, s = vals
-  return KernelConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=s)
+  if len(vals) not in (5, 6):
+    raise SystemExit(f"--config takes BM,BN,BK,WARPS,STAGES[,SPLIT_K], got {text!r}")
+  bm, bn, bk, w, s = vals[:5]
+  return KernelConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=s,
+                      split_k=vals[5] if len(vals) == 6 else 1)
 
 
 def main(argv=None) -> list[dict]:
@@ -196,7 +197,7 @@ def main(argv=None) -> list[dict]:
   ap.add_argument("--n", type=int, default=8192, help="output features N (default 8192)")
   ap.add_argument("--k", type=int, default=8192, help="input features K (default 8192)")
   ap.add_argument("--gpu", default="h100", help="whose tuned configs select_config uses (default h100)")
-  ap.add_argument("--config", default=None, help="BM,BN,BK,WARPS,STAGES for every kernel instead of the tuned ones")
+  ap.add_argument("--config", default=None, help="BM,BN,BK,WARPS,STAGES[,SPLIT_K] for every kernel instead of the tuned ones")
   ap.add_argument("--arch", type=int, default=90, help="compute capability to compile for (default 90 = Hopper)")
   ap.add_argument("--ttir-only", action="store_true", help="only lower and capture the TTIR (no Triton needed)")
   ap.add_argument("--keep", metavar="DIR", help="write each kernel's .ttir/.ptx/.sass here")

@@ -65,7 +65,10 @@ def default_config(kernel: str, m: int) -> KernelConfig:
       return KernelConfig(block_m=16, block_n=32, block_k=256, num_warps=4, num_stages=4, split_k=4)
     # w4a4o16 (no split-K with outliers) and mx: block_k 256 / 4 stages; mx at block_k 1024 unrolls
     # 32 scale blocks per step, compiled for 113 s and ran 0.38x bf16 against 0.49x at block_k 256
-    # (H100, 2026-12-05, bench/h100_2026-12-05b/g4_m16.json).
+    # (H100, 2026-12-05, bench/h100_2026-12-05b/g4_m16.json). mx splits K in 4 on 64-wide N tiles:
+    # 17.7 against 26.5 us unsplit on 32-wide ones at 4096 x 4096, M = 16 (H100, 2026-12-06).
+    if kernel == "mx":
+      return KernelConfig(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=4, split_k=4)
     return KernelConfig(block_m=16, block_n=32, block_k=256, num_warps=4, num_stages=4)
   if mb <= 64:  # mx unrolls block_k / 128 pack blocks per step: at 512 it spilled 544 B per thread
     return KernelConfig(block_m=mb, block_n=64, block_k=256 if kernel == "mx" else 512, num_warps=4, num_stages=3)
@@ -116,23 +119,27 @@ def _magic_block(w_ref, load_x, b, dtype):
   against an all-ones tile: the row sums the zero point needs, with no XLA pass over x (an XLA
   pre-pass measured 10% slower per call at that shape).
   """
-  bits, pos = _MAGIC[jnp.dtype(dtype)]
   p = w_ref[:, pl.ds(b * (HALF // 4), HALF // 4)]  # [bn, 16] uint32
   d = xs = None
   for t in range(4):  # nibble position t = 2 byte + a: byte within the half word, a = low / high nibble
-    sh = 4 * t - pos  # move nibble t to mantissa bits [pos, pos + 4) of both half words
-    q = jnp.right_shift(p, jnp.uint32(sh)) if sh > 0 else jnp.left_shift(p, jnp.uint32(-sh))
-    q2 = q & jnp.uint32((0xF << pos) * 0x10001) | jnp.uint32(bits * 0x10001)  # two 16-bit floats
-    lo = (q2 & jnp.uint32(0xFFFF)).astype(jnp.uint16)
-    hi = jnp.right_shift(q2, jnp.uint32(16)).astype(jnp.uint16)
-    w = jnp.stack([lo, hi], axis=-1).reshape(p.shape[0], HALF // 2)  # [bn, 32]: column 2 j + h
     xt = load_x(b * PACK_BLOCK + t * (HALF // 2), HALF // 2)
-    dt = jax.lax.dot_general(xt, jax.lax.bitcast_convert_type(w, dtype), _NT,
-                             preferred_element_type=jnp.float32)
+    dt = jax.lax.dot_general(xt, _magic_values(p, t, dtype), _NT, preferred_element_type=jnp.float32)
     d = dt if d is None else d + dt
     st = _const_dot(xt, p.shape[0], 1, jnp.float32)
     xs = st if xs is None else xs + st
   return d, xs
+
+
+def _magic_values(p, t, dtype):
+  """uint32 words [bn, 16] -> [bn, 32] 16-bit floats 16 + q of nibble position t (column 2 j + h)."""
+  bits, pos = _MAGIC[jnp.dtype(dtype)]
+  sh = 4 * t - pos  # move nibble t to mantissa bits [pos, pos + 4) of both half words
+  q = jnp.right_shift(p, jnp.uint32(sh)) if sh > 0 else jnp.left_shift(p, jnp.uint32(-sh))
+  q2 = q & jnp.uint32((0xF << pos) * 0x10001) | jnp.uint32(bits * 0x10001)  # two 16-bit floats
+  lo = (q2 & jnp.uint32(0xFFFF)).astype(jnp.uint16)
+  hi = jnp.right_shift(q2, jnp.uint32(16)).astype(jnp.uint16)
+  w = jnp.stack([lo, hi], axis=-1).reshape(p.shape[0], HALF // 2)
+  return jax.lax.bitcast_convert_type(w, dtype)
 
 
 def _const_dot(xt, bn, value, acc_dtype):

@@ -22,7 +22,7 @@ class KernelConfig:
   num_warps: int = 4
   num_stages: int = 3  # software-pipelining depth of the K loop
   group_m: int = 8    # M tiles per group in the tile order (L2 reuse of weight tiles)
-  split_k: int = 1    # w8a16 only: K slices reduced by separate programs (decode, small N)
+  split_k: int = 1    # K slices reduced by separate programs (decode, small N; w8a16, 4-bit, mx)
   passes: int = 1     # quantize_act only: 1 keeps the row block in registers (x read once), 2 reads
                       # it twice (statistics, then quantization; the second read mostly from L2)
 

@@ -21,6 +21,11 @@ Two paths, chosen by `use_fp8` (default: the 16-bit path; see `_default_use_fp8`
   exponent range), and the bf16 MMA accumulates in place; the E2M1 decode then costs ~3x the
   instructions (`bench/inspect_kernels.py`).
 
+At decode K is split over `config.split_k` programs (default 4 on 64-wide N tiles), whose fully scaled
+float32 partials XLA sums; the trailing MXFP6 blocks go with the last slice. Unsplit, a 4096-wide N gave
+about one four-warp program per SM (H100: 0.60-0.95x of bf16 at M <= 16 against 0.94-1.46x split,
+BENCHMARKS.md).
+
 Exact vs rounded: every element, every scale and every product is exact (E4M3 x E2M1/E3M2
 products have <= 8 significant bits); the block sums are summed in float32, so on the 16-bit path
 the only rounding is float32 accumulation (and the final cast). On the FP8 path on Hopper each
@@ -40,12 +45,11 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from mixq_jax.pallas_kernels import _shapes, xla_matmuls
-from mixq_jax.pallas_kernels._triton import compiler_params
 from mixq_jax.pallas_kernels._w4_common import select_config
 from mixq_jax.pallas_kernels.configs import KernelConfig
 from mixq_jax.pallas_kernels.int4_pack import HALF, PACK_BLOCK, unpack_halves
 from mixq_jax.pallas_kernels.mx import BLOCK, MXWeights, dequantize_act, dequantize_weight
-from mixq_jax.pallas_kernels.w8a8_matmul import _NT, _tile_ids
+from mixq_jax.pallas_kernels.w8a8_matmul import _NT, _tile_ids, tiled_pallas_call
 from mixq_jax.pallas_kernels.w8a8_matmul_hopper import on_hopper
 
 
@@ -121,12 +125,14 @@ def mx_x_order(x):
 
 
 def _mx_kernel(x_ref, xs_ref, w4_ref, s4_ref, w6_ref, s6_ref, o_ref, *, nb4, nb6, k4p, u,
-               use_fp8, words, xs4_ref=None):
+               use_fp8, words, split_k, xs4_ref=None):
   # x_ref [bm, Kt] f8 (widened to bf16 on the 16-bit path, to fp16 with its MXFP4 part in
   # `mx_x_order` with `words`); xs_ref [bm, Kt/32] u8; w4_ref [bn, K4p/2] u8 (uint32 [bn, K4p/8] with
   # words); s4_ref [bn, K4p/32] u8 (uint32 [bn, K4p/128] with words: the 4 codes of a pack block in one
   # word); w6_ref [bn, K6p] f8 (bf16 / fp16) | None; s6_ref [bn, K6p/32] u8 | None; o_ref [bm, bn];
   # xs4_ref [bm, K4p/128] uint32 (words only: x's MXFP4-part scale codes, 4 per word).
+  # With split_k > 1, program (i, s) covers the s-th slice of the MXFP4 loop steps (the last slice
+  # maybe shorter) and the last slice also the MXFP6 blocks; o_ref is then its float32 partial.
   # M is padded to a multiple of bm by the wrapper: a masked load's fill value cannot be converted
   # to float8 by the Triton lowering (seen on H100, jax 0.11.2), so this kernel never masks.
   bn = o_ref.shape[1]
@@ -185,13 +191,29 @@ def _mx_kernel(x_ref, xs_ref, w4_ref, s4_ref, w6_ref, s6_ref, o_ref, *, nb4, nb6
     wv = w6_ref[:, pl.ds(j * BLOCK, BLOCK)]  # [bn, 32] f8
     return step(acc, k4p + j * BLOCK, k4p // BLOCK + j, wv, s6_ref[:, pl.ds(j, 1)])
 
+  steps = nb4 // u  # loop steps over the MXFP4 part; a K slice has `per`, the last one maybe fewer
+  per = pl.cdiv(steps, split_k)
+  s0 = pl.program_id(1) * per if split_k > 1 else 0  # first step of this program's slice
+
   def fp4_blocks(i, acc):  # u pack blocks per loop step (block_k = 128 u)
+    step = s0 + i
+    if steps % split_k:  # uneven slices: the last one repeats its final step and drops it
+      step = jnp.minimum(step, steps - 1)
+    new = acc
     for j in range(u):
-      acc = fp4_block(i * u + j, acc)
-    return acc
+      new = fp4_block(step * u + j, new)
+    return jnp.where(s0 + i < steps, new, acc) if steps % split_k else new
 
   acc = jnp.zeros((x_ref.shape[0], bn), jnp.float32)
-  acc = jax.lax.fori_loop(0, nb4 // u, fp4_blocks, acc)
+  acc = jax.lax.fori_loop(0, per, fp4_blocks, acc)
+  if nb6 and split_k > 1:  # the MXFP6 blocks go with the last slice (a loop bound that depends on the
+    # slice does not lower: Triton's scf.for wants bounds of one type)
+    o_ref[...] = acc.astype(o_ref.dtype)
+
+    @pl.when(pl.program_id(1) == split_k - 1)
+    def _():
+      o_ref[...] = jax.lax.fori_loop(0, nb6, fp6_block, acc).astype(o_ref.dtype)
+    return
   if nb6:
     acc = jax.lax.fori_loop(0, nb6, fp6_block, acc)
   o_ref[...] = acc.astype(o_ref.dtype)
@@ -266,14 +288,17 @@ def mx_matmul(
   bn = _shapes.pow2_divisor(n, cfg.block_n)
   nb4 = k4p // PACK_BLOCK
   u = max(1, _shapes.pow2_divisor(nb4, max(1, cfg.block_k // PACK_BLOCK)))
+  # K slices (decode: without them 4096-wide N gives ~one 4-warp program per SM) write float32
+  # partials that XLA sums; each is already fully scaled, so the sum is the same float32 algebra
+  split_k = max(1, min(cfg.split_k, nb4 // u))
   num_m, num_n = pl.cdiv(m, bm), n // bn
   mp = num_m * bm
   if mp != m:  # pad rows (zeros: E8M0 code 0 and zero elements give zero rows, sliced off)
     x_e = jnp.pad(x_e, ((0, mp - m), (0, 0)))
     x_s = jnp.pad(x_s, ((0, mp - m), (0, 0)))
   ids = functools.partial(_tile_ids, num_m=num_m, num_n=num_n, group_m=cfg.group_m)
-  rows = lambda i: (ids(i)[0], 0)
-  cols = lambda i: (ids(i)[1], 0)
+  rows = lambda i, *_: (ids(i)[0], 0)
+  cols = lambda i, *_: (ids(i)[1], 0)
   words = FP4_DECODE == "words" and not use_fp8
   w4 = w.w4
   in_specs = [pl.BlockSpec((bm, x_e.shape[1]), rows), pl.BlockSpec((bm, x_s.shape[1]), rows),
@@ -306,18 +331,11 @@ def mx_matmul(
     if not k6p:
       refs[4:4] = [None, None]
     _mx_kernel(*refs, nb4=nb4, nb6=k6p // BLOCK, k4p=k4p, u=u, use_fp8=use_fp8, words=words,
-               xs4_ref=xs4)
+               split_k=split_k, xs4_ref=xs4)
 
-  out = pl.pallas_call(
-      kernel_fn,
-      grid=(num_m * num_n,),
-      in_specs=in_specs,
-      out_specs=pl.BlockSpec((bm, bn), ids),
-      out_shape=jax.ShapeDtypeStruct((mp, n), out_dtype),
-      compiler_params=compiler_params(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
-      interpret=interpret,
-      name="mx_matmul",
-  )(*args)
+  out = tiled_pallas_call(kernel_fn, in_specs, args, ids=ids, m=mp, n=n, bm=bm, bn=bn,
+                          num_tiles=num_m * num_n, split_k=split_k, out_dtype=out_dtype, cfg=cfg,
+                          interpret=interpret, name="mx_matmul")
   return out[:m] if mp != m else out
 
 

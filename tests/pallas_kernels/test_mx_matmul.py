@@ -95,3 +95,20 @@ def test_mx_matmul_fp4_decodes_agree(decode, kernel_flag):
   x_e, x_s = mx.mx_quantize_act(x)
   got = mx_matmul(x_e, x_s, wq, out_dtype=jnp.float32, interpret=INTERPRET, config=SMALL)
   assert rel_err(got, mx_matmul_reference(x_e, x_s, wq, out_dtype=jnp.float32)) < 1e-6
+
+
+@pytest.mark.parametrize("k,k6,split_k", [(512, 0, 2), (640, 64, 2), (640, 96, 4), (384, 32, 8)])
+@pytest.mark.parametrize("use_fp8", [False, True])
+def test_mx_matmul_split_k(k, k6, split_k, use_fp8):
+  """K slices (even, uneven, more slices than steps) sum to the unsplit product; the MXFP6 blocks
+  go with the last slice. 5 MXFP4 pack blocks over 2 or 4 slices leave a short last slice."""
+  kx, kw = keys(2)
+  m, n = 3, 32
+  x = jax.random.normal(kx, (m, k), jnp.bfloat16)
+  wq = mx.mx_quantize_weight(jax.random.normal(kw, (n, k)), k6)
+  x_e, x_s = mx.mx_quantize_act(x, k6)
+  cfg = KernelConfig(block_m=16, block_n=16, block_k=128, num_warps=4, num_stages=2, split_k=split_k)
+  got = mx_matmul(x_e, x_s, wq, use_fp8=use_fp8, out_dtype=jnp.float32, interpret=INTERPRET, config=cfg)
+  want = mx_matmul_reference(x_e, x_s, wq, out_dtype=jnp.float32)
+  assert got.shape == (m, n)
+  assert rel_err(got, want) < 1e-6
