@@ -26,6 +26,8 @@ def test_explicit_config_reaches_the_kernel():
   rows = inspect_kernels.main(["--kernels", "w8a8", "--ms", "256", "--n", "256", "--k", "256", "--ttir-only",
                                "--config", "64,64,64,2,2"])
   assert (rows[0]["num_warps"], rows[0]["num_stages"]) == (2, 2)
+  assert inspect_kernels.parse_config("16,64,256,4,4,4").split_k == 4
+  assert inspect_kernels.parse_config("16,64,256,4,4").split_k == 1
 
 
 def test_fp8_dots_allow_hopper_wgmma():
