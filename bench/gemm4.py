@@ -2,7 +2,7 @@
 
     python bench/gemm4.py [--models 7b,70b] [--ms 1,16,1024,4096] [--kernels ...] [--configs "BM,BN,BK,W,S;..."] [--json OUT]
                           [--device-time]
-    python bench/gemm4.py --tune [--models 7b,70b] [--shapes qkvo,down,q_o] [--kernels w4a16,w4a8,w4a8g]
+    python bench/gemm4.py --tune [--models 7b,70b] [--shapes qkvo,down,q_o] [--kernels w4a16,w4a8,w4a8g,mx]
 
 Kernels: w4a16 (AWQ g128), w4a8 (QQQ per-channel), w4a8g (QQQ g128), w4a4o16 (MixQ-4, 128
 outlier columns), w4a4o16q (QUIK asymmetric activations, 128 outliers), mx (MXFP8 x MXFP4),
