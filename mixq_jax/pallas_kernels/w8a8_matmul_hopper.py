@@ -305,28 +305,44 @@ def w4a8_matmul_hopper(x_q, s_x, w_packed, s_w, bias=None, *, out_dtype=jnp.bflo
 
 
 def _call(x_q, s_x, w_q, s_w, bias, out_dtype, config, interpret, num_sms, w_int4=False):
-  plgpu = _plgpu()
   m, k = x_q.shape
   n = w_q.shape[0]
   if not supported(m, n, k, config):
     raise ValueError(f"w8a8_matmul_hopper: N={n} must divide by {2 * config.tile_n} and K={k} by {config.tile_k}")
-  mp = pl.cdiv(m, config.tile_m) * config.tile_m
-  if mp != m:  # whole tiles only: zero rows, sliced off below
-    x_q = jnp.pad(x_q, ((0, mp - m), (0, 0)))
-    s_x = jnp.pad(s_x, (0, mp - m))
+  x_q, s_x, mp = pad_rows(x_q, s_x, config.tile_m)
   b = None if bias is None else bias.astype(jnp.float32)
   fitted = _fit_smem(config, jnp.dtype(out_dtype).itemsize, bias is not None, w_int4=w_int4)
   if fitted is None:
     raise ValueError(f"w8a8_matmul_hopper: {config} with {jnp.dtype(out_dtype).name} output does not fit shared memory")
   sms = num_sms or device_sm_count()
+  body = functools.partial(_kernel, cfg=fitted, num_sms=sms, w_int4=w_int4, word_unpack=not interpret)
+  y = launch(body, (mp, n), out_dtype, sms, interpret)(x_q, s_x, w_q, s_w, b)
+  return y[:m] if mp != m else y
+
+
+def pad_rows(x_q, s_x, tile_m: int):
+  """Pads x_q [M, K] and s_x [M] with zero rows to whole tiles (the kernels have no row masks); the
+  caller slices the output back to M. Returns (x_q, s_x, padded M)."""
+  m = x_q.shape[0]
+  mp = pl.cdiv(m, tile_m) * tile_m
+  if mp != m:
+    x_q = jnp.pad(x_q, ((0, mp - m), (0, 0)))
+    s_x = jnp.pad(s_x, (0, mp - m))
+  return x_q, s_x, mp
+
+
+def launch(body, out_shape, out_dtype, sms: int, interpret: bool):
+  """The persistent Mosaic GPU kernel of `body`: one program per SM, 3 warpgroups (a TMA producer and
+  two consumers), in Mosaic GPU's interpreter with `interpret`."""
+  plgpu = _plgpu()
   kw = {}
   if interpret:
     from jax._src.pallas.mosaic_gpu.interpret import params as ip  # noqa: PLC0415
 
     kw["interpret"] = ip.InterpretGPUParams()
-  f = plgpu.kernel(
-      functools.partial(_kernel, cfg=fitted, num_sms=sms, w_int4=w_int4, word_unpack=not interpret),
-      out_type=jax.ShapeDtypeStruct((mp, n), out_dtype),
+  return plgpu.kernel(
+      body,
+      out_type=jax.ShapeDtypeStruct(out_shape, out_dtype),
       grid=(sms,),
       grid_names=("sm",),
       num_threads=3,
@@ -334,5 +350,3 @@ def _call(x_q, s_x, w_q, s_w, bias, out_dtype, config, interpret, num_sms, w_int
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       **kw,
   )
-  y = f(x_q, s_x, w_q, s_w, b)
-  return y[:m] if mp != m else y

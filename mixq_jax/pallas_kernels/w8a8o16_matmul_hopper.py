@@ -35,8 +35,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from mixq_jax.pallas_kernels.w8a8_matmul_hopper import (HopperConfig, _fit_smem, _plgpu, device_sm_count,
-                                                        output_staging, store_tile)
+from mixq_jax.pallas_kernels.w8a8_matmul_hopper import (HopperConfig, _fit_smem, _plgpu, device_sm_count, launch,
+                                                        output_staging, pad_rows, store_tile, supported)
 
 
 def _kernel(x_gmem, sx_gmem, w_gmem, sw_gmem, b_gmem, xo_gmem, wo_gmem, u_gmem, v_gmem, out_gmem, *,
@@ -212,7 +212,6 @@ def w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o=None, w_o=None, outlier_count=
   """x_q int8 [M, K], s_x f32 [M], w_q int8 [N, K], s_w f32 [N]; x_o [M, C], w_o [N, C] 16-bit with
   slots >= outlier_count ignored (all three or none: without them this is W8A8); bias [N]; u [M], v [N]
   float32 (both or neither): QUIK's rank-1 term. -> [M, N] out_dtype."""
-  plgpu = _plgpu()
   m, k = x_q.shape
   n = w_q.shape[0]
   if (x_o is None) != (w_o is None) or (x_o is None) != (outlier_count is None):
@@ -222,13 +221,10 @@ def w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o=None, w_o=None, outlier_count=
   if config.delay_release not in (0, 1) or config.stages <= config.delay_release:
     raise ValueError(f"w8a8o16_matmul_hopper: delay_release={config.delay_release} must be 0 or 1 and below "
                      f"stages={config.stages}")
-  if k % config.tile_k or n % (2 * config.tile_n) or config.tile_k not in (64, 128):
+  if not supported(m, n, k, config):
     raise ValueError(f"w8a8o16_matmul_hopper: N={n} must divide by {2 * config.tile_n} and K={k} by "
-                     f"tile_k={config.tile_k} (64 or 128)")
-  mp = pl.cdiv(m, config.tile_m) * config.tile_m
-  if mp != m:  # whole tiles only: zero rows, sliced off below
-    x_q = jnp.pad(x_q, ((0, mp - m), (0, 0)))
-    s_x = jnp.pad(s_x, (0, mp - m))
+                     f"tile_k={config.tile_k}")
+  x_q, s_x, mp = pad_rows(x_q, s_x, config.tile_m)
   if u is not None:
     u, v = jnp.pad(u.astype(jnp.float32), (0, mp - m)), v.astype(jnp.float32)
   b = None if bias is None else bias.astype(jnp.float32)
@@ -244,20 +240,6 @@ def w8a8o16_matmul_hopper(x_q, s_x, w_q, s_w, x_o=None, w_o=None, outlier_count=
   fitted = _fit_smem(config, jnp.dtype(out_dtype).itemsize, bias is not None, u is not None)
   if fitted is None:
     raise ValueError(f"w8a8o16_matmul_hopper: {config} does not fit shared memory")
-  kw = {}
-  if interpret:
-    from jax._src.pallas.mosaic_gpu.interpret import params as ip  # noqa: PLC0415
-
-    kw["interpret"] = ip.InterpretGPUParams()
-  f = plgpu.kernel(
-      functools.partial(_kernel, cfg=fitted, interpret=interpret),
-      out_type=jax.ShapeDtypeStruct((mp, n), out_dtype),
-      grid=(num_sms or device_sm_count(),),
-      grid_names=("sm",),
-      num_threads=3,
-      thread_name="wg",
-      compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
-      **kw,
-  )
-  y = f(x_q, s_x, w_q, s_w, b, x_o, w_o, u, v)
+  body = functools.partial(_kernel, cfg=fitted, interpret=interpret)
+  y = launch(body, (mp, n), out_dtype, num_sms or device_sm_count(), interpret)(x_q, s_x, w_q, s_w, b, x_o, w_o, u, v)
   return y[:m] if mp != m else y

@@ -25,6 +25,12 @@ def rand_scale(key, shape):
   return jax.random.uniform(key, shape, jnp.float32, 0.5, 1.5) / 127.0
 
 
+def w8a8_operands(m, n, k):
+  """Fresh int8 x [M, K] and w [N, K] with per-row scales: (x, s_x [M], w, s_w [N])."""
+  kx, kw, ks, kt = keys(4)
+  return rand_int8(kx, (m, k)), rand_scale(ks, (m,)), rand_int8(kw, (n, k)), rand_scale(kt, (n,))
+
+
 def rel_err(a, b):
   a = np.asarray(a, np.float64)
   b = np.asarray(b, np.float64)

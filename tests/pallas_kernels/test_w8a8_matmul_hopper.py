@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernel_testutil import keys, mosaic_gpu_test_mode, rand_int8, rand_scale, rel_err, small_hopper_config
+from kernel_testutil import keys, mosaic_gpu_test_mode, rand_int8, rand_scale, rel_err, small_hopper_config, w8a8_operands
 from mixq_jax.pallas_kernels import (w8a8_matmul, w8a8_matmul_reference, w8a8o16_matmul,
                                      w8a8o16_matmul_reference)
 from mixq_jax.pallas_kernels.w8a8_matmul_hopper import HopperConfig, w8a8_matmul_hopper
@@ -32,9 +32,8 @@ def test_accumulator_bit_exact(m, n, k, sms, tile_k):
 @pytest.mark.parametrize("bias", [False, True])
 def test_epilogue(bias):
   m, n, k = 130, 256, 256
-  kx, kw, ks, kt, kb = keys(5)
-  x, w = rand_int8(kx, (m, k)), rand_int8(kw, (n, k))
-  sx, sw = rand_scale(ks, (m,)), rand_scale(kt, (n,))
+  x, sx, w, sw = w8a8_operands(m, n, k)
+  (kb,) = keys(1)
   b = jax.random.normal(kb, (n,), jnp.bfloat16) if bias else None
   got = w8a8_matmul_hopper(x, sx, w, sw, b, config=SMALL, interpret=INTERPRET, num_sms=4)
   want = w8a8_matmul_reference(x, sx, w, sw, b)
@@ -45,9 +44,7 @@ def test_epilogue(bias):
 @pytest.mark.skipif(INTERPRET, reason="full-size tiles: native GPU only")
 @pytest.mark.parametrize("m,n,k", [(4096, 4096, 4096), (1000, 11008, 4096), (2048, 4096, 11008)])
 def test_default_config_native(m, n, k):
-  kx, kw, ks, kt = keys(4)
-  x, w = rand_int8(kx, (m, k)), rand_int8(kw, (n, k))
-  sx, sw = rand_scale(ks, (m,)), rand_scale(kt, (n,))
+  x, sx, w, sw = w8a8_operands(m, n, k)
   got = w8a8_matmul_hopper(x, sx, w, sw, out_dtype=jnp.float32)
   want = w8a8_matmul_reference(x, sx, w, sw, out_dtype=jnp.float32)
   assert rel_err(got, want) < 1e-6
@@ -66,9 +63,8 @@ def test_errors():
 def test_dispatch_native():
   """w8a8_matmul / w8a8o16_matmul route large M to these kernels on sm_90 and still match."""
   m, n, k, c = 2048, 4096, 4096, 128
-  kx, kw, ks, kt, ko, kp = keys(6)
-  x, w = rand_int8(kx, (m, k)), rand_int8(kw, (n, k))
-  sx, sw = rand_scale(ks, (m,)), rand_scale(kt, (n,))
+  x, sx, w, sw = w8a8_operands(m, n, k)
+  ko, kp = keys(2)
   x_o = jax.random.normal(ko, (m, c)).astype(jnp.bfloat16)
   w_o = jax.random.normal(kp, (n, c)).astype(jnp.bfloat16)
   hlo = jax.jit(w8a8_matmul).lower(x, sx, w, sw).as_text()

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernel_testutil import keys, mosaic_gpu_test_mode, rand_int8, rand_scale, rel_err, small_hopper_config
+from kernel_testutil import keys, mosaic_gpu_test_mode, rand_int8, rel_err, small_hopper_config, w8a8_operands
 from mixq_jax.pallas_kernels import w8a8_matmul_reference, w8a8o16_matmul_reference
 from mixq_jax.pallas_kernels.w8a8_matmul_hopper import HopperConfig, _fit_smem
 from mixq_jax.pallas_kernels.w8a8o16_matmul_hopper import w8a8o16_matmul_hopper
@@ -43,9 +43,8 @@ def test_w8a8o16(m, k, c, count, stages, delay):
   divide the steps per tile; int8 buffers released at once or a step late); slots past the count hold
   NaN and must not leak."""
   n = 256
-  kx, kw, ks, kt, kb = keys(5)
-  x, w = rand_int8(kx, (m, k)), rand_int8(kw, (n, k))
-  sx, sw = rand_scale(ks, (m,)), rand_scale(kt, (n,))
+  x, sx, w, sw = w8a8_operands(m, n, k)
+  (kb,) = keys(1)
   x_o, w_o = _outliers(m, n, c, count)
   b = jax.random.normal(kb, (n,), jnp.bfloat16)
   cfg = HopperConfig(tile_m=64, tile_n=64, tile_k=128, stages=stages, grid_tile_width=2, delay_release=delay)
@@ -60,9 +59,7 @@ def test_fp16_outliers_stay_fp16():
   """fp16 outlier operands run an fp16 wgmma (not rounded to bf16): float32 output within float32
   summation-order error of the reference."""
   m, n, k, c = 64, 128, 256, 64
-  kx, kw, ks, kt = keys(4)
-  x, w = rand_int8(kx, (m, k)), rand_int8(kw, (n, k))
-  sx, sw = rand_scale(ks, (m,)), rand_scale(kt, (n,))
+  x, sx, w, sw = w8a8_operands(m, n, k)
   x_o, w_o = _outliers(m, n, c, 50, jnp.float16)
   cnt = jnp.int32(50)
   got = w8a8o16_matmul_hopper(x, sx, w, sw, x_o, w_o, cnt, out_dtype=jnp.float32, config=SMALL,
@@ -74,9 +71,8 @@ def test_fp16_outliers_stay_fp16():
 def test_rank1_term():
   """QUIK's u[m] v[n] term joins the epilogue."""
   m, n, k, c = 64, 128, 256, 64
-  kx, kw, ks, kt, ku, kv = keys(6)
-  x, w = rand_int8(kx, (m, k)), rand_int8(kw, (n, k))
-  sx, sw = rand_scale(ks, (m,)), rand_scale(kt, (n,))
+  x, sx, w, sw = w8a8_operands(m, n, k)
+  ku, kv = keys(2)
   u, v = jax.random.normal(ku, (m,)), jax.random.normal(kv, (n,))
   x_o, w_o = _outliers(m, n, c, c)
   got = w8a8o16_matmul_hopper(x, sx, w, sw, x_o, w_o, jnp.int32(c), None, u, v, out_dtype=jnp.float32,
@@ -88,9 +84,7 @@ def test_rank1_term():
 @pytest.mark.skipif(INTERPRET, reason="full-size tiles: native GPU only")
 @pytest.mark.parametrize("m,n,k", [(4096, 4096, 4096), (1000, 11008, 4096), (2048, 4096, 11008)])
 def test_default_config_native(m, n, k):
-  kx, kw, ks, kt = keys(4)
-  x, w = rand_int8(kx, (m, k)), rand_int8(kw, (n, k))
-  sx, sw = rand_scale(ks, (m,)), rand_scale(kt, (n,))
+  x, sx, w, sw = w8a8_operands(m, n, k)
   got = w8a8o16_matmul_hopper(x, sx, w, sw, out_dtype=jnp.float32)
   assert rel_err(got, w8a8_matmul_reference(x, sx, w, sw, out_dtype=jnp.float32)) < 1e-6
   x_o, w_o = _outliers(m, n, 128, 100)
