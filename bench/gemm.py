@@ -76,20 +76,17 @@ def _first(o):
   return o.reshape(-1)[0].astype(jnp.float32)
 
 
-def time_call(fn, sets, samples=25, loops=None, t_est=None):
-  """Median seconds per kernel call of `fn(*s)` over the input sets `sets`.
+def timing_loops(t_est, nsets):
+  """fori_loop iterations per timed call: about 2 ms of kernels, 2..64."""
+  return max(2, min(64, math.ceil(2e-3 / max((t_est or 1e-4) * nsets, 1e-6))))
 
-  One jitted call runs `loops` iterations of a fori_loop, each calling `fn` once per set, so the
-  host dispatch (which grows with the number of array arguments) is paid once per
-  loops * len(sets) kernels. The outputs are the loop carry, so they are fully materialized, and
-  the barrier ties each iteration's inputs to the previous outputs so that no iteration is dead.
-  XLA's loop-invariant code motion is disabled (XLA_FLAGS at the top of this file), otherwise the
-  calls, whose inputs do not change, would be hoisted out of the loop.
-  """
-  samples = SAMPLES or samples
-  if loops is None:
-    loops = max(2, min(64, math.ceil(2e-3 / max((t_est or 1e-4) * len(sets), 1e-6))))
 
+def timing_program(fn, sets, loops):
+  """The jitted program `time_call` times: `loops` iterations of a fori_loop, each calling `fn` once per
+  set. The outputs are the loop carry, so they are fully materialized, and the barrier ties each
+  iteration's inputs to the previous outputs so that no iteration is dead. XLA's loop-invariant code
+  motion is disabled (XLA_FLAGS at the top of this file), otherwise the calls, whose inputs do not
+  change, would be hoisted out of the loop."""
   def run(ss):
     def body(i, outs):
       _, ss_i = jax.lax.optimization_barrier((outs, ss))
@@ -97,9 +94,36 @@ def time_call(fn, sets, samples=25, loops=None, t_est=None):
     init = [jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(fn, *s))
             for s in ss]
     return jax.lax.fori_loop(0, loops, body, init)
+  return jax.jit(run)
 
-  multi = jax.jit(run)
-  jax.block_until_ready(multi(sets))  # compile + warm-up
+
+def compile_programs(fns, sets, loops, workers=8):
+  """`timing_program(fn, sets, loops)` of every fn, compiled in a thread pool (XLA and its Triton
+  compile release the GIL; a 4-bit decode kernel takes ~20 s to compile alone, a sweep of ten of them
+  ~30 s together on 16 cores). Returns the compiled programs, or the exception a compile raised."""
+  import concurrent.futures  # noqa: PLC0415
+
+  def one(fn):
+    try:
+      return timing_program(fn, sets, loops).lower(sets).compile()
+    except Exception as e:  # noqa: BLE001 -- reported per candidate by the caller
+      return e
+  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as ex:
+    return list(ex.map(one, fns))
+
+
+def time_call(fn, sets, samples=25, loops=None, t_est=None, program=None):
+  """Median seconds per kernel call of `fn(*s)` over the input sets `sets`.
+
+  One call of `timing_program` (or `program`, its compiled form from `compile_programs`, made with
+  the same `loops`) runs `loops` iterations, each calling `fn` once per set, so the host dispatch
+  (which grows with the number of array arguments) is paid once per loops * len(sets) kernels.
+  """
+  samples = SAMPLES or samples
+  if loops is None:
+    loops = timing_loops(t_est, len(sets))
+  multi = program or timing_program(fn, sets, loops)
+  jax.block_until_ready(multi(sets))  # compile (unless given compiled) + warm-up
   per = []
   for _ in range(samples):
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
     python bench/gemm4.py [--models 7b,70b] [--ms 1,16,1024,4096] [--kernels ...] [--configs "BM,BN,BK,W,S;..."] [--json OUT]
                           [--device-time]
-    python bench/gemm4.py --tune [--models 7b,70b] [--shapes qkvo,down,q_o] [--kernels w4a16,w4a8,w4a8g,mx]
+    python bench/gemm4.py --tune [--models 7b,70b] [--shapes qkvo,down,q_o] [--kernels w4a16,w4a8,w4a8g,mx] [--compile-workers 8]
 
 Kernels: w4a16 (AWQ g128), w4a8 (QQQ per-channel), w4a8g (QQQ g128), w4a4o16 (MixQ-4, 128
 outlier columns), w4a4o16q (QUIK asymmetric activations, 128 outliers), mx (MXFP8 x MXFP4),
@@ -130,6 +130,13 @@ def kernel_fn(kind):
   return functools.partial(fn, **kw), ref
 
 
+def inputs(kind, m, n, k):
+  """(input sets, estimated seconds per call) for one kernel at one shape, as run_one times it."""
+  sb = set_bytes(kind, m, n, k)
+  t_est = gemm.est_seconds(m, n, k, sb + 2 * m * n)
+  return [make_set(kind, m, n, k, i) for i in range(gemm.n_sets(t_est, sb))], t_est
+
+
 def run_one(kind, m, n, k, samples, config=None):
   if kind.endswith("_triton"):  # an explicit config keeps the Pallas Triton kernel on sm_90
     kind = kind.removesuffix("_triton")
@@ -139,9 +146,7 @@ def run_one(kind, m, n, k, samples, config=None):
     if kind in XLA_KINDS:
       raise ValueError(f"{kind} is XLA's program: it takes no config")
     fn = functools.partial(fn, config=config)
-  sb = set_bytes(kind, m, n, k)
-  t_est = gemm.est_seconds(m, n, k, sb + 2 * m * n)
-  sets = [make_set(kind, m, n, k, i) for i in range(gemm.n_sets(t_est, sb))]
+  sets, t_est = inputs(kind, m, n, k)
   err = gemm.max_rel_err(fn(*sets[0]), ref(*sets[0]))
   t = gemm.time_call(fn, sets, samples, t_est=t_est)
   global LAST_PROFILE
@@ -158,13 +163,17 @@ LAST_PROFILE = None  # (device seconds, device kernels) per call of the last run
 # split_k, against 132 SMs) and how many bytes each loop step moves; split-K partials cost one small XLA sum.
 TUNE_CANDIDATES = {
     "w4a16": [(16, 64, 256, 4, 4, 4), (16, 64, 256, 4, 4, 8), (16, 32, 256, 4, 4, 4), (16, 64, 512, 4, 3, 2),
-              (16, 128, 256, 4, 4, 8), (16, 32, 256, 4, 4, 1), (16, 32, 512, 4, 3, 1), (16, 64, 256, 4, 4, 2)],
+              (16, 128, 256, 4, 4, 8), (16, 32, 256, 4, 4, 1), (16, 64, 256, 4, 4, 2), (16, 64, 256, 4, 2, 4),
+              (16, 64, 256, 4, 3, 4), (16, 64, 256, 4, 2, 8), (16, 64, 128, 4, 3, 4)],
     "w4a8": [(16, 32, 512, 4, 4, 1), (16, 32, 256, 4, 4, 1), (16, 32, 256, 4, 4, 2), (16, 64, 256, 4, 4, 2),
-             (16, 32, 256, 4, 4, 4)],
-    "w4a8g": [(16, 32, 1024, 4, 3, 1), (16, 32, 512, 4, 4, 1), (16, 32, 512, 4, 4, 2), (16, 32, 256, 4, 4, 4)],
-    # mx unrolls block_k / 32 scale blocks per step (block_k 512 spilled at block_m 64)
-    "mx": [(16, 32, 256, 4, 4, 1), (16, 32, 256, 4, 4, 4), (16, 64, 256, 4, 4, 4), (16, 64, 256, 4, 4, 2),
-           (16, 32, 128, 4, 4, 4), (16, 64, 128, 4, 4, 8), (16, 32, 256, 4, 4, 8)],
+             (16, 32, 256, 4, 4, 4), (16, 64, 256, 4, 2, 2), (16, 64, 256, 4, 3, 2), (16, 32, 512, 4, 2, 1)],
+    "w4a8g": [(16, 32, 1024, 4, 3, 1), (16, 32, 512, 4, 4, 1), (16, 32, 512, 4, 4, 2), (16, 32, 256, 4, 4, 4),
+              (16, 32, 256, 4, 2, 4), (16, 32, 512, 4, 2, 2), (16, 64, 256, 4, 2, 4)],
+    # mx unrolls block_k / 32 scale blocks per step (block_k 512 spilled at block_m 64). Two stages ran 10%
+    # faster than four at 8192 x 8192, M = 16 (H100, 2026-12-06), so the sweep covers stages too.
+    "mx": [(16, 64, 256, 4, 4, 4), (16, 64, 256, 4, 2, 4), (16, 64, 256, 4, 3, 4), (16, 64, 128, 4, 2, 4),
+           (16, 64, 128, 4, 3, 4), (16, 64, 256, 4, 2, 8), (16, 64, 256, 4, 2, 2), (16, 128, 256, 4, 2, 4),
+           (16, 32, 256, 4, 2, 4), (16, 64, 512, 4, 2, 4)],
 }
 
 
@@ -174,7 +183,7 @@ def tune(a):
   from mixq_jax.pallas_kernels import tuned_table  # noqa: PLC0415
   info = gemm.env_info()
   print(json.dumps(info), flush=True)
-  gpu, merged, log = configs.gpu_name(), dict(tuned_table.TABLE), []
+  gpu, merged, log, bf16 = configs.gpu_name(), dict(tuned_table.TABLE), [], {}
   keep = None if a.shapes is None else a.shapes.split(",")
   shapes = [gemm.SHAPES[mdl][nm] for mdl in a.models.split(",") for nm in gemm.SHAPES[mdl] if keep is None or nm in keep]
   for kind in a.kernels.split(","):
@@ -183,23 +192,42 @@ def tune(a):
       continue
     for m in [int(v) for v in a.ms.split(",") if int(v) <= 16]:
       best, scores = {}, {}
-      for (n, k), cand in itertools.product(shapes, TUNE_CANDIDATES[kind]):
-        cfg = KernelConfig(block_m=cand[0], block_n=cand[1], block_k=cand[2], num_warps=cand[3],
-                           num_stages=cand[4], split_k=cand[5])
-        try:
-          t, err = run_one(kind, m, n, k, a.samples, cfg)
-        except Exception as e:  # report, keep going
-          print(f"  {kind} M={m} {n}x{k} {cand}: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
-          continue
-        log.append(dict(kernel=kind, M=m, N=n, K=k, config=cfg.to_dict(), time_us=t * 1e6, max_rel_err=err))
-        print(f"  {kind} M={m} {n}x{k} {cand}: {t * 1e6:.1f} us err={err:.1e}", flush=True)
-        if err < 2e-2:
-          gemm.keep_fastest(best, scores, configs.table_key(kind, gpu, configs.m_bucket(m), n, k), t, cfg)
+      for n, k in shapes:  # every candidate of a shape compiles at once (threads), then each is timed alone
+        cands = [KernelConfig(block_m=c[0], block_n=c[1], block_k=c[2], num_warps=c[3], num_stages=c[4],
+                              split_k=c[5]) for c in TUNE_CANDIDATES[kind]]
+        fn, ref = kernel_fn(kind)
+        fns = [functools.partial(fn, config=cfg) for cfg in cands]
+        sets, t_est = inputs(kind, m, n, k)
+        loops = gemm.timing_loops(t_est, len(sets))
+        t0 = time.perf_counter()
+        programs = gemm.compile_programs(fns, sets, loops, workers=a.compile_workers)
+        print(f"  {kind} M={m} {n}x{k}: compiled {len(cands)} candidates in {time.perf_counter() - t0:.0f} s",
+              flush=True)
+        want = ref(*sets[0])
+        if (m, n, k) not in bf16:  # the same-process baseline for the speedups in the log
+          bf16[(m, n, k)] = gemm.run_one("bf16", m, n, k, samples=a.samples)[0]
+        tb = bf16[(m, n, k)]
+        for cfg, f, prog in zip(cands, fns, programs):
+          try:
+            if isinstance(prog, Exception):
+              raise prog
+            err = gemm.max_rel_err(f(*sets[0]), want)
+            t = gemm.time_call(f, sets, a.samples, loops=loops, program=prog)
+          except Exception as e:  # report, keep going
+            print(f"  {kind} M={m} {n}x{k} {_cfg_name(cfg)}: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
+            continue
+          log.append(dict(kernel=kind, M=m, N=n, K=k, config=cfg.to_dict(), time_us=t * 1e6, max_rel_err=err,
+                          bf16_time_us=tb * 1e6, speedup=tb / t))
+          print(f"  {kind} M={m} {n}x{k} {_cfg_name(cfg)}: {t * 1e6:.1f} us ({tb / t:.2f}x bf16) err={err:.1e}",
+                flush=True)
+          if err < 2e-2:
+            gemm.keep_fastest(best, scores, configs.table_key(kind, gpu, configs.m_bucket(m), n, k), t, cfg)
+        del sets, programs
       gemm.set_bucket_default(best, scores, len(shapes), kind, gpu, m)
       merged.update({key: v[1].to_dict() for key, v in best.items()})
       gemm.write_table(merged, info, [f"{kind}|{gpu}"])  # after every kernel, so a cut-off run keeps it
-  if a.json:
-    pathlib.Path(a.json).write_text(json.dumps({"env": info, "tune_log": log, "table": merged}, indent=1))
+      if a.json:  # after every kernel too
+        pathlib.Path(a.json).write_text(json.dumps({"env": info, "tune_log": log, "table": merged}, indent=1))
 
 
 def parse_configs(text):
@@ -233,6 +261,9 @@ def main():
   p.add_argument("--tune", action="store_true",
                  help="sweep the decode configs (TUNE_CANDIDATES, M <= 16) of w4a16, w4a8, w4a8g, mx on --models / "
                       "--shapes and rewrite mixq_jax/pallas_kernels/tuned_table.py with the fastest per shape")
+  p.add_argument("--compile-workers", type=int, default=8,
+                 help="--tune: threads that compile a shape's candidates at once before they are timed one by one "
+                      "(default 8; 1 compiles them one after another)")
   p.add_argument("--device-time", action="store_true",
                  help="also profile each call: device time (kernels only, no dispatch) and the number of device "
                       "kernels one call launches (the GEMM plus the XLA passes around it), in the JSON and a "

@@ -149,6 +149,7 @@ def compile_and_count(ttir: str, num_warps: int, num_stages: int, arch: int, kee
   if keep is not None:
     keep.mkdir(parents=True, exist_ok=True)
     (keep / f"{name}.ttir").write_text(ttir)
+    (keep / f"{name}.ttgir").write_text(kern.asm["ttgir"])  # layouts: where a convert_layout went through shared memory
     (keep / f"{name}.ptx").write_text(ptx)
     (keep / f"{name}.sass").write_text(sass)
   out = {op: len(re.findall(rf"\b{op}\b", sass)) for op in _SASS}

@@ -55,20 +55,21 @@ def default_config(kernel: str, m: int) -> KernelConfig:
   """Starting points before tuning (block_k is a multiple of the 128-column pack block)."""
   mb = m_bucket(m)
   if mb <= 16:  # decode: weight bytes dominate; narrow N tiles and K slices so every SM streams weights
-    # The tuned table's bucket defaults (`python bench/gemm4.py --tune`, H100, 2026-12-05, after the
-    # word-wise unpacks): the best geometric mean over 7B qkvo / down and 70B q_o / down at M = 16.
+    # The tuned table's bucket defaults (`python bench/gemm4.py --tune`, H100, 2026-12-06 09:01 UTC, with
+    # the stage counts swept too): the best geometric mean over 7B qkvo / down and 70B q_o / down at M = 16.
+    # Fewer stages won for w4a16, w4a8g and mx (e.g. mx 39.9 against 42.1 us at 8192 x 8192).
     if kernel == "w4a16":
-      return KernelConfig(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=4, split_k=4)
+      return KernelConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=3, split_k=4)
     if kernel == "w4a8":
       return KernelConfig(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=4, split_k=2)
     if kernel == "w4a8g":
-      return KernelConfig(block_m=16, block_n=32, block_k=256, num_warps=4, num_stages=4, split_k=4)
-    # w4a4o16 (no split-K with outliers) and mx: block_k 256 / 4 stages; mx at block_k 1024 unrolls
+      return KernelConfig(block_m=16, block_n=32, block_k=256, num_warps=4, num_stages=2, split_k=4)
+    # w4a4o16 (no split-K with outliers) and mx: block_k 256; mx at block_k 1024 unrolls
     # 32 scale blocks per step, compiled for 113 s and ran 0.38x bf16 against 0.49x at block_k 256
-    # (H100, 2026-12-05, bench/h100_2026-12-05b/g4_m16.json). mx splits K in 4 on 64-wide N tiles:
+    # (H100, 2026-12-05, bench/h100_2026-12-05b/g4_m16.json). mx splits K on 64-wide N tiles:
     # 17.7 against 26.5 us unsplit on 32-wide ones at 4096 x 4096, M = 16 (H100, 2026-12-06).
     if kernel == "mx":
-      return KernelConfig(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=4, split_k=4)
+      return KernelConfig(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=2, split_k=8)
     return KernelConfig(block_m=16, block_n=32, block_k=256, num_warps=4, num_stages=4)
   if mb <= 64:  # mx unrolls block_k / 128 pack blocks per step: at 512 it spilled 544 B per thread
     return KernelConfig(block_m=mb, block_n=64, block_k=256 if kernel == "mx" else 512, num_warps=4, num_stages=3)

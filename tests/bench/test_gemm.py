@@ -78,3 +78,21 @@ def test_table_row_shows_quantize_act_as_share_of_copy_bandwidth():
          "quantize_act": (78.4, 0.57, 0.0, "%"), "w8a8": (10.0, 1.5, 0.0)}
   line = gemm.fmt_row(row, ["quantize_act", "w8a8"])
   assert "57%" in line and "1.50x" in line
+
+
+def test_compile_programs_in_threads_and_time_them():
+  """The tune's parallel compile: one program per fn, a failing fn gives its exception (the others still
+  compile), and time_call runs a given compiled program, whose loop carry is fn of each set."""
+  import jax.numpy as jnp  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  sets = [(jnp.arange(8.0),), (jnp.linspace(-1.0, 1.0, 8),)]
+  good = lambda x: x * 2 + 1
+  bad = lambda x: x @ jnp.ones((3,))  # shape mismatch: fails while tracing
+  progs = gemm.compile_programs([good, bad, good], sets, loops=2, workers=3)
+  assert isinstance(progs[1], Exception)
+  assert not isinstance(progs[0], Exception) and not isinstance(progs[2], Exception)
+  out = progs[0](sets)
+  for (x,), y in zip(sets, out):
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x) * 2 + 1)
+  assert gemm.time_call(good, sets, samples=2, loops=2, program=progs[2]) > 0
