@@ -468,9 +468,12 @@ CANDIDATES = {  # (block_m, block_n, block_k, num_warps, num_stages) per M regim
                   (128, 128, 128, 8, 3)],  # the last: no register spill at sm_90 (inspect_kernels.py)
     },
     "w8a16": {  # (..., split_k)
+        # fewer stages won for the 4-bit decode kernels (bench/gemm4.py --tune, H100, 2026-12-06)
         "small": [(16, 32, 512, 4, 4, 1), (16, 32, 256, 4, 4, 1), (16, 64, 256, 4, 4, 2),
                   (16, 64, 512, 4, 3, 2), (16, 64, 256, 4, 4, 4), (16, 128, 256, 4, 4, 4),
-                  (16, 32, 256, 4, 4, 2), (16, 128, 128, 4, 5, 8)],
+                  (16, 32, 256, 4, 4, 2), (16, 128, 128, 4, 5, 8), (16, 32, 256, 4, 2, 2),
+                  (16, 32, 256, 4, 3, 2), (16, 64, 256, 4, 2, 2), (16, 64, 256, 4, 3, 4),
+                  (16, 32, 512, 4, 2, 1), (16, 64, 128, 4, 3, 4)],
         "mid": [(64, 64, 128, 4, 4), (64, 32, 256, 4, 4), (64, 128, 64, 4, 4)],
         "medium": [(128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4)],
         "large": [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 64, 4, 4),
@@ -506,7 +509,7 @@ def tune(args):
   if args.tune_shapes:
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.tune_shapes.split(",")]
   from mixq_jax.pallas_kernels import tuned_table
-  merged = dict(tuned_table.TABLE)
+  merged, bf16_times = dict(tuned_table.TABLE), {}
   for kind in args.kernels:
     if kind not in configs.KERNELS:
       continue
@@ -514,36 +517,48 @@ def tune(args):
     kshapes = [(0, k) for k in (4096, 11008, 28672)] if kind == "quantize_act" else shapes
     for m in ms:
       scores = {}
-      for n, k in kshapes:
-        for cand in CANDIDATES[kind][regime(kind, m)]:
-          bm, bn, bk, nw, ns, *extra = cand
+      for n, k in kshapes:  # every candidate of a shape compiles at once (threads), then each is timed alone
+        cands, cfgs = CANDIDATES[kind][regime(kind, m)], []
+        for bm, bn, bk, nw, ns, *extra in cands:
           if kind == "quantize_act":
-            cfg = KernelConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=nw, num_stages=ns,
-                               passes=extra[0] if extra else 1)
+            cfgs.append(KernelConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=nw, num_stages=ns,
+                                     passes=extra[0] if extra else 1))
           else:
-            cfg = KernelConfig(block_m=min(bm, max(16, configs.m_bucket(m))), block_n=max(bn, 16),
-                               block_k=bk, num_warps=nw, num_stages=ns, split_k=extra[0] if extra else 1)
+            cfgs.append(KernelConfig(block_m=min(bm, max(16, configs.m_bucket(m))), block_n=max(bn, 16),
+                                     block_k=bk, num_warps=nw, num_stages=ns, split_k=extra[0] if extra else 1))
+        fns = [kernel_fn(kind, cfg) for cfg in cfgs]
+        t_est = est_seconds(m, n, k, moved_bytes(kind, m, n, k))
+        sets = make_sets(kind, m, n, k, n_sets(t_est, set_bytes(kind, m, n, k)))
+        loops = timing_loops(t_est, len(sets))
+        t0 = time.perf_counter()
+        progs = compile_programs([f for f, _ in fns], sets, loops, workers=args.compile_workers)
+        print(f"  {kind} M={m} {n}x{k}: compiled {len(cfgs)} candidates in {time.perf_counter() - t0:.0f} s",
+              flush=True)
+        tb = None if kind == "quantize_act" else bf16_times.setdefault((m, n, k), run_one("bf16", m, n, k, samples=10)[0])
+        for cand, cfg, (fn, ref), prog in zip(cands, cfgs, fns, progs):
           try:
-            t0 = time.perf_counter()
-            t, err, _ = run_one(kind, m, n, k, cfg, samples=10)
-            wall = time.perf_counter() - t0
+            if isinstance(prog, Exception):
+              raise prog
+            err = check(kind, fn, ref, sets[0])
+            t = time_call(fn, sets, 10, loops=loops, program=prog)
           except Exception as e:
             print(f"  {kind} M={m} {n}x{k} {cand}: FAILED {type(e).__name__}: {str(e)[:200]}")
             continue
           ok = err < 2e-2
           log.append(dict(kernel=kind, M=m, N=n, K=k, config=cfg.to_dict(), time_us=t * 1e6,
-                          max_rel_err=err))
-          print(f"  {kind} M={m} {n}x{k} {cand}: {t * 1e6:.1f} us err={err:.1e} ({wall:.1f}s)",
-                flush=True)
+                          max_rel_err=err, bf16_time_us=tb and tb * 1e6, speedup=tb and tb / t))
+          vs = f" ({tb / t:.2f}x bf16)" if tb else ""
+          print(f"  {kind} M={m} {n}x{k} {cand}: {t * 1e6:.1f} us{vs} err={err:.1e}", flush=True)
           if not ok:
             continue
           keep_fastest(table, scores, configs.table_key(kind, gpu, configs.m_bucket(m), n if n else 0, k), t, cfg)
+        del sets, progs
       set_bucket_default(table, scores, len(kshapes), kind, gpu, m)
       merged.update({k: v[1].to_dict() for k, v in table.items()})
       write_table(merged, info, [f"{kind}|{gpu}"])  # after every bucket, so a cut-off run keeps what it found
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"env": info, "tune_log": log, "table": merged}, f, indent=1)
+      if args.json:
+        with open(args.json, "w") as f:
+          json.dump({"env": info, "tune_log": log, "table": merged}, f, indent=1)
 
 
 def keep_fastest(table, scores, key, t, cfg):
@@ -597,6 +612,9 @@ def main():
                       "quantize_act_reference, the bandwidth baseline for the kernel)")
   p.add_argument("--json", default=None, help="write records here")
   p.add_argument("--tune-shapes", default=None, help="NxK,NxK,... shapes to tune on")
+  p.add_argument("--compile-workers", type=int, default=8,
+                 help="--tune: threads that compile a shape's candidates at once before they are timed one by one "
+                      "(default 8; 1 compiles them one after another)")
   p.add_argument("--device-time", action="store_true",
                  help="also trace each kernel with the profiler and report its device time per call "
                       "(JSON device_us, and a table after the main one): what the timing harness adds")

@@ -96,3 +96,24 @@ def test_compile_programs_in_threads_and_time_them():
   for (x,), y in zip(sets, out):
     np.testing.assert_allclose(np.asarray(y), np.asarray(x) * 2 + 1)
   assert gemm.time_call(good, sets, samples=2, loops=2, program=progs[2]) > 0
+
+
+def test_tune_writes_w8a16_entries(tmp_path, monkeypatch):
+  """`gemm.py --tune` on a tiny shape: candidates compiled in threads, a per-shape entry and a bucket default
+  written, the log carrying the same-process bf16 time."""
+  import json  # noqa: PLC0415
+
+  out, log = tmp_path / "tuned_table.py", tmp_path / "tune.json"
+  monkeypatch.setenv("TUNED_TABLE_OUT", str(out))
+  monkeypatch.setattr(gemm, "SAMPLES", 1)
+  monkeypatch.setitem(gemm.CANDIDATES, "w8a16", {"small": [(16, 32, 128, 4, 2, 1), (16, 16, 128, 4, 2, 2)]})
+  from mixq_jax.pallas_kernels import configs, tuned_table  # noqa: PLC0415
+  monkeypatch.setattr(tuned_table, "PROVENANCE", dict(tuned_table.PROVENANCE))
+  monkeypatch.setattr(sys, "argv", ["gemm.py", "--tune", "--kernels", "w8a16", "--ms", "16", "--tune-shapes", "64x256",
+                                    "--compile-workers", "2", "--json", str(log)])
+  gemm.main()
+  gpu = configs.gpu_name()
+  text = out.read_text()
+  assert f"'w8a16|{gpu}|16|64|256'" in text and f"'w8a16|{gpu}|16|*|*'" in text
+  rows = json.loads(log.read_text())["tune_log"]
+  assert len(rows) == 2 and all(r["bf16_time_us"] > 0 and r["max_rel_err"] < 2e-2 for r in rows)
