@@ -21,7 +21,11 @@ Two paths, chosen by `use_fp8` (default: the 16-bit path; see `_default_use_fp8`
   exponent range), and the bf16 MMA accumulates in place; the E2M1 decode then costs ~3x the
   instructions (`bench/inspect_kernels.py`).
 
-At decode K is split over `config.split_k` programs (default 4 on 64-wide N tiles), whose fully scaled
+On the "words" path each loop step also loads the next step's scale words (a loop carry,
+`PREFETCH_SCALES`): Triton's pipeliner stages only loads that feed a dot, so without it every step waited
+for its own scale loads (up to 1.06x faster at decode on an H100, BENCHMARKS.md).
+
+At decode K is split over `config.split_k` programs (4 or 8 on 64-wide N tiles, tuned table), whose fully scaled
 float32 partials XLA sums; the trailing MXFP6 blocks go with the last slice. Unsplit, a 4096-wide N gave
 about one four-warp program per SM (H100: 0.60-0.95x of bf16 at M <= 16 against 0.94-1.46x split,
 BENCHMARKS.md).
@@ -94,6 +98,9 @@ def _fp4_scaled_bf16(c, ws):
 # the first version). "words" measured 1.37-1.51x faster than "bits" (H100, 2026-12-06: 61.0 against
 # 92.3 us at 8192 x 8192, M = 16; BENCHMARKS.md); the others stay for A/B timing on other GPUs.
 FP4_DECODE = "words"
+# "words": the scale words of the next loop step are loaded during the current one (a loop carry). Triton's
+# pipeliner does not stage loads that do not feed a dot, so otherwise each step waits for its own.
+PREFETCH_SCALES = True
 _FP4_MAG, _FP4_SIGN = 0x0E000E00, 0x80008000  # fp16 bits [11:9] (exponent low 2, mantissa top) and 15
 _FP4_F16_SHIFT = 14  # _fp4_word_pairs' values are the E2M1 values times 2^-14
 
@@ -155,10 +162,13 @@ def _mx_kernel(x_ref, xs_ref, w4_ref, s4_ref, w6_ref, s6_ref, o_ref, *, nb4, nb6
     wb = wv if scaled else (wv.astype(jnp.float32) * _pow2(ws)).astype(jnp.bfloat16)
     return acc + jax.lax.dot_general(xb, wb, _NT, preferred_element_type=jnp.float32)
 
-  def fp4_word_block(b, acc):  # 128 columns: words [16b, 16b+8) and [16b+8, 16b+16)
+  def scale_words(b):
     # The block's four E8M0 codes per row / column in one word each: one load, not four strided ones.
-    xw = load_rows(xs4_ref, pl.ds(b, 1))                              # [bm, 1] uint32
-    ww = jnp.reshape(load_rows(s4_ref, pl.ds(b, 1)), (1, bn))         # [1, bn] uint32
+    return (load_rows(xs4_ref, pl.ds(b, 1)),                          # [bm, 1] uint32
+            jnp.reshape(load_rows(s4_ref, pl.ds(b, 1)), (1, bn)))     # [1, bn] uint32
+
+  def fp4_word_block(b, acc, words_b=None):  # 128 columns: words [16b, 16b+8) and [16b+8, 16b+16)
+    xw, ww = words_b if words_b is not None else scale_words(b)
     code = lambda word, i: jnp.right_shift(word, jnp.uint32(8 * i)) & jnp.uint32(0xFF)
     for half in range(2):
       p = w4_ref[:, pl.ds(b * (HALF // 4) + half * (BLOCK // 4), BLOCK // 4)]  # [bn, 8] uint32
@@ -195,17 +205,30 @@ def _mx_kernel(x_ref, xs_ref, w4_ref, s4_ref, w6_ref, s6_ref, o_ref, *, nb4, nb6
   per = pl.cdiv(steps, split_k)
   s0 = pl.program_id(1) * per if split_k > 1 else 0  # first step of this program's slice
 
-  def fp4_blocks(i, acc):  # u pack blocks per loop step (block_k = 128 u)
+  def step_of(i):
     step = s0 + i
     if steps % split_k:  # uneven slices: the last one repeats its final step and drops it
       step = jnp.minimum(step, steps - 1)
+    return step
+
+  def fp4_blocks(i, acc, cur=None):  # u pack blocks per loop step (block_k = 128 u); cur: their scale words
+    step = step_of(i)
     new = acc
     for j in range(u):
-      new = fp4_block(step * u + j, new)
+      new = fp4_block(step * u + j, new) if cur is None else fp4_word_block(step * u + j, new, cur[j])
     return jnp.where(s0 + i < steps, new, acc) if steps % split_k else new
 
+  def fp4_blocks_prefetch(i, carry):  # the same, with the scale words of step i + 1 loaded during step i
+    acc, cur = carry
+    nxt = [scale_words(step_of(jnp.minimum(i + 1, per - 1)) * u + j) for j in range(u)]
+    return fp4_blocks(i, acc, cur), nxt
+
   acc = jnp.zeros((x_ref.shape[0], bn), jnp.float32)
-  acc = jax.lax.fori_loop(0, per, fp4_blocks, acc)
+  if words and PREFETCH_SCALES:
+    first = [scale_words(step_of(0) * u + j) for j in range(u)]
+    acc, _ = jax.lax.fori_loop(0, per, fp4_blocks_prefetch, (acc, first))
+  else:
+    acc = jax.lax.fori_loop(0, per, fp4_blocks, acc)
   if nb6 and split_k > 1:  # the MXFP6 blocks go with the last slice (a loop bound that depends on the
     # slice does not lower: Triton's scf.for wants bounds of one type)
     o_ref[...] = acc.astype(o_ref.dtype)

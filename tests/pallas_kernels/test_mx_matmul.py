@@ -112,3 +112,20 @@ def test_mx_matmul_split_k(k, k6, split_k, use_fp8):
   want = mx_matmul_reference(x_e, x_s, wq, out_dtype=jnp.float32)
   assert got.shape == (m, n)
   assert rel_err(got, want) < 1e-6
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_mx_matmul_scale_prefetch(prefetch, split_k, kernel_flag):
+  """The words path with and without the next step's scale words loaded one step ahead (uneven slices too:
+  5 pack blocks over 2 slices of 3 and 2), against the reference."""
+  import sys  # noqa: PLC0415
+
+  kernel_flag(sys.modules["mixq_jax.pallas_kernels.mx_matmul"], "PREFETCH_SCALES", prefetch)
+  kx, kw = keys(2)
+  m, n, k = 3, 32, 640
+  x_e, x_s = mx.mx_quantize_act(jax.random.normal(kx, (m, k), jnp.bfloat16))
+  wq = mx.mx_quantize_weight(jax.random.normal(kw, (n, k)))
+  cfg = KernelConfig(block_m=16, block_n=16, block_k=128, num_warps=4, num_stages=2, split_k=split_k)
+  got = mx_matmul(x_e, x_s, wq, out_dtype=jnp.float32, interpret=INTERPRET, config=cfg)
+  assert rel_err(got, mx_matmul_reference(x_e, x_s, wq, out_dtype=jnp.float32)) < 1e-6
