@@ -35,6 +35,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import compile_pool  # noqa: E402  (bench/compile_pool.py: the thread-pool compile shared with throughput.py)
 
 from mixq_jax import pallas_kernels as pk  # noqa: E402
 from mixq_jax.pallas_kernels import configs  # noqa: E402
@@ -98,18 +101,28 @@ def timing_program(fn, sets, loops):
 
 
 def compile_programs(fns, sets, loops, workers=8):
-  """`timing_program(fn, sets, loops)` of every fn, compiled in a thread pool (XLA and its Triton
-  compile release the GIL; a 4-bit decode kernel takes ~20 s to compile alone, a sweep of ten of them
-  ~30 s together on 16 cores). Returns the compiled programs, or the exception a compile raised."""
-  import concurrent.futures  # noqa: PLC0415
+  """`timing_program(fn, sets, loops)` of every fn, compiled at once (`compile_pool`; a 4-bit decode kernel
+  takes ~20 s to compile alone, twenty of them 12-35 s together on 16 cores). Returns the compiled
+  programs in fns' order, or the exception a compile raised."""
+  jobs = {i: functools.partial(timing_program(fn, sets, loops).lower, sets) for i, fn in enumerate(fns)}
+  done = compile_pool.compile_programs(jobs, workers, log=lambda _: None)
+  return [done[i] for i in range(len(fns))]
 
-  def one(fn):
+
+def time_candidates(fns, sets, loops, samples, error, workers=8):
+  """A tuning sweep at one shape: every fn's timing program compiled at once (`compile_programs`), then
+  each checked (`error(fn)`, its max relative error) and timed alone. Returns (seconds, error) per fn,
+  or the exception its compile, check or timing raised."""
+  out = []
+  for fn, prog in zip(fns, compile_programs(fns, sets, loops, workers)):
     try:
-      return timing_program(fn, sets, loops).lower(sets).compile()
+      if isinstance(prog, Exception):
+        raise prog
+      err = error(fn)
+      out.append((time_call(fn, sets, samples, loops=loops, program=prog), err))
     except Exception as e:  # noqa: BLE001 -- reported per candidate by the caller
-      return e
-  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as ex:
-    return list(ex.map(one, fns))
+      out.append(e)
+  return out
 
 
 def time_call(fn, sets, samples=25, loops=None, t_est=None, program=None):
@@ -526,24 +539,20 @@ def tune(args):
           else:
             cfgs.append(KernelConfig(block_m=min(bm, max(16, configs.m_bucket(m))), block_n=max(bn, 16),
                                      block_k=bk, num_warps=nw, num_stages=ns, split_k=extra[0] if extra else 1))
-        fns = [kernel_fn(kind, cfg) for cfg in cfgs]
+        ref = kernel_fn(kind, cfgs[0])[1]
+        fns = [kernel_fn(kind, cfg)[0] for cfg in cfgs]
         t_est = est_seconds(m, n, k, moved_bytes(kind, m, n, k))
         sets = make_sets(kind, m, n, k, n_sets(t_est, set_bytes(kind, m, n, k)))
-        loops = timing_loops(t_est, len(sets))
-        t0 = time.perf_counter()
-        progs = compile_programs([f for f, _ in fns], sets, loops, workers=args.compile_workers)
-        print(f"  {kind} M={m} {n}x{k}: compiled {len(cfgs)} candidates in {time.perf_counter() - t0:.0f} s",
-              flush=True)
         tb = None if kind == "quantize_act" else bf16_times.setdefault((m, n, k), run_one("bf16", m, n, k, samples=10)[0])
-        for cand, cfg, (fn, ref), prog in zip(cands, cfgs, fns, progs):
-          try:
-            if isinstance(prog, Exception):
-              raise prog
-            err = check(kind, fn, ref, sets[0])
-            t = time_call(fn, sets, 10, loops=loops, program=prog)
-          except Exception as e:
-            print(f"  {kind} M={m} {n}x{k} {cand}: FAILED {type(e).__name__}: {str(e)[:200]}")
+        t0 = time.perf_counter()
+        results = time_candidates(fns, sets, timing_loops(t_est, len(sets)), 10,
+                                  lambda f, s0=sets[0]: check(kind, f, ref, s0), workers=args.compile_workers)
+        print(f"  {kind} M={m} {n}x{k}: {len(cfgs)} candidates in {time.perf_counter() - t0:.0f} s", flush=True)
+        for cand, cfg, res in zip(cands, cfgs, results):
+          if isinstance(res, Exception):
+            print(f"  {kind} M={m} {n}x{k} {cand}: FAILED {type(res).__name__}: {str(res)[:200]}")
             continue
+          t, err = res
           ok = err < 2e-2
           log.append(dict(kernel=kind, M=m, N=n, K=k, config=cfg.to_dict(), time_us=t * 1e6,
                           max_rel_err=err, bf16_time_us=tb and tb * 1e6, speedup=tb and tb / t))
@@ -552,7 +561,7 @@ def tune(args):
           if not ok:
             continue
           keep_fastest(table, scores, configs.table_key(kind, gpu, configs.m_bucket(m), n if n else 0, k), t, cfg)
-        del sets, progs
+        del sets
       set_bucket_default(table, scores, len(kshapes), kind, gpu, m)
       merged.update({k: v[1].to_dict() for k, v in table.items()})
       write_table(merged, info, [f"{kind}|{gpu}"])  # after every bucket, so a cut-off run keeps what it found

@@ -198,31 +198,26 @@ def tune(a):
         fn, ref = kernel_fn(kind)
         fns = [functools.partial(fn, config=cfg) for cfg in cands]
         sets, t_est = inputs(kind, m, n, k)
-        loops = gemm.timing_loops(t_est, len(sets))
-        t0 = time.perf_counter()
-        programs = gemm.compile_programs(fns, sets, loops, workers=a.compile_workers)
-        print(f"  {kind} M={m} {n}x{k}: compiled {len(cands)} candidates in {time.perf_counter() - t0:.0f} s",
-              flush=True)
         want = ref(*sets[0])
         if (m, n, k) not in bf16:  # the same-process baseline for the speedups in the log
           bf16[(m, n, k)] = gemm.run_one("bf16", m, n, k, samples=a.samples)[0]
         tb = bf16[(m, n, k)]
-        for cfg, f, prog in zip(cands, fns, programs):
-          try:
-            if isinstance(prog, Exception):
-              raise prog
-            err = gemm.max_rel_err(f(*sets[0]), want)
-            t = gemm.time_call(f, sets, a.samples, loops=loops, program=prog)
-          except Exception as e:  # report, keep going
-            print(f"  {kind} M={m} {n}x{k} {_cfg_name(cfg)}: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
+        t0 = time.perf_counter()
+        results = gemm.time_candidates(fns, sets, gemm.timing_loops(t_est, len(sets)), a.samples,
+                                       lambda f, s0=sets[0]: gemm.max_rel_err(f(*s0), want), workers=a.compile_workers)
+        print(f"  {kind} M={m} {n}x{k}: {len(cands)} candidates in {time.perf_counter() - t0:.0f} s", flush=True)
+        for cfg, res in zip(cands, results):
+          if isinstance(res, Exception):  # report, keep going
+            print(f"  {kind} M={m} {n}x{k} {_cfg_name(cfg)}: FAILED {type(res).__name__}: {str(res)[:200]}", flush=True)
             continue
+          t, err = res
           log.append(dict(kernel=kind, M=m, N=n, K=k, config=cfg.to_dict(), time_us=t * 1e6, max_rel_err=err,
                           bf16_time_us=tb * 1e6, speedup=tb / t))
           print(f"  {kind} M={m} {n}x{k} {_cfg_name(cfg)}: {t * 1e6:.1f} us ({tb / t:.2f}x bf16) err={err:.1e}",
                 flush=True)
           if err < 2e-2:
             gemm.keep_fastest(best, scores, configs.table_key(kind, gpu, configs.m_bucket(m), n, k), t, cfg)
-        del sets, programs
+        del sets
       gemm.set_bucket_default(best, scores, len(shapes), kind, gpu, m)
       merged.update({key: v[1].to_dict() for key, v in best.items()})
       gemm.write_table(merged, info, [f"{kind}|{gpu}"])  # after every kernel, so a cut-off run keeps it

@@ -45,7 +45,6 @@ torch.compile of the decode step, which costs minutes of compilation per shape).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import datetime
 import functools
 import gc
@@ -66,6 +65,7 @@ sys.path.insert(0, str(HERE))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from compile_pool import compile_programs  # noqa: E402
 
 import presets  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
@@ -199,28 +199,6 @@ def ppl_program():
   from mixq_jax.eval import ppl
 
   return ppl._window_nll
-
-
-def compile_programs(jobs: dict[Any, Any], workers: int, log) -> dict[Any, Any]:
-  """jobs: key -> zero-argument function returning a jax `Lowered`. Lowers and compiles them in a
-  thread pool (tracing holds the GIL, XLA compilation does not). Returns key -> Compiled, or the
-  exception that stopped it (reported in that configuration's record)."""
-  out: dict[Any, Any] = {}
-
-  def one(key, make):
-    t0 = time.perf_counter()
-    try:
-      res = make().compile()
-    except Exception as e:  # noqa: BLE001 -- reported per configuration
-      res = e
-    log(f"  compiled {key} in {time.perf_counter() - t0:.1f}s" + (f" FAILED: {res}" if isinstance(res, Exception)
-                                                                  else ""))
-    return key, res
-
-  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as ex:
-    for key, res in ex.map(lambda kv: one(*kv), list(jobs.items())):
-      out[key] = res
-  return out
 
 
 def temp_bytes(compiled) -> int:

@@ -57,7 +57,7 @@ def default_config(kernel: str, m: int) -> KernelConfig:
   if mb <= 16:  # decode: weight bytes dominate; narrow N tiles and K slices so every SM streams weights
     # The tuned table's bucket defaults (`python bench/gemm4.py --tune`, H100, 2026-12-06 09:01 UTC, with
     # the stage counts swept too): the best geometric mean over 7B qkvo / down and 70B q_o / down at M = 16.
-    # Fewer stages won for w4a16, w4a8g and mx (e.g. mx 39.9 against 42.1 us at 8192 x 8192).
+    # Fewer stages won for w4a16, w4a8g and mx (e.g. mx 39.9 against 43.8 us at 8192 x 8192, same run).
     if kernel == "w4a16":
       return KernelConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=3, split_k=4)
     if kernel == "w4a8":
@@ -137,9 +137,15 @@ def _magic_values(p, t, dtype):
   sh = 4 * t - pos  # move nibble t to mantissa bits [pos, pos + 4) of both half words
   q = jnp.right_shift(p, jnp.uint32(sh)) if sh > 0 else jnp.left_shift(p, jnp.uint32(-sh))
   q2 = q & jnp.uint32((0xF << pos) * 0x10001) | jnp.uint32(bits * 0x10001)  # two 16-bit floats
-  lo = (q2 & jnp.uint32(0xFFFF)).astype(jnp.uint16)
-  hi = jnp.right_shift(q2, jnp.uint32(16)).astype(jnp.uint16)
-  w = jnp.stack([lo, hi], axis=-1).reshape(p.shape[0], HALF // 2)
+  return half_word_values(q2, dtype)
+
+
+def half_word_values(bits, dtype):
+  """uint32 [bn, W], each word two 16-bit floats -> [bn, 2 W] dtype, the low half word first (column 2 j).
+  A 2-way stack (Triton join) and a reshape: the pair stays in one 32-bit register, as an MMA operand holds it."""
+  lo = (bits & jnp.uint32(0xFFFF)).astype(jnp.uint16)
+  hi = jnp.right_shift(bits, jnp.uint32(16)).astype(jnp.uint16)
+  w = jnp.stack([lo, hi], axis=-1).reshape(bits.shape[0], 2 * bits.shape[1])
   return jax.lax.bitcast_convert_type(w, dtype)
 
 

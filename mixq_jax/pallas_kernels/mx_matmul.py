@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from mixq_jax.pallas_kernels import _shapes, xla_matmuls
-from mixq_jax.pallas_kernels._w4_common import select_config
+from mixq_jax.pallas_kernels._w4_common import half_word_values, select_config
 from mixq_jax.pallas_kernels.configs import KernelConfig
 from mixq_jax.pallas_kernels.int4_pack import HALF, PACK_BLOCK, unpack_halves
 from mixq_jax.pallas_kernels.mx import BLOCK, MXWeights, dequantize_act, dequantize_weight
@@ -118,10 +118,7 @@ def _fp4_word_pairs(p, pos):
   """
   mag = jnp.right_shift(p, jnp.uint32(pos - 9)) if pos >= 9 else jnp.left_shift(p, jnp.uint32(9 - pos))
   bits = (mag & jnp.uint32(_FP4_MAG)) | (jnp.left_shift(p, jnp.uint32(12 - pos)) & jnp.uint32(_FP4_SIGN))
-  lo = (bits & jnp.uint32(0xFFFF)).astype(jnp.uint16)
-  hi = jnp.right_shift(bits, jnp.uint32(16)).astype(jnp.uint16)
-  w = jnp.stack([lo, hi], axis=-1).reshape(p.shape[0], 2 * p.shape[1])
-  return jax.lax.bitcast_convert_type(w, jnp.float16)
+  return half_word_values(bits, jnp.float16)
 
 
 def mx_x_order(x):
