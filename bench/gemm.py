@@ -633,9 +633,16 @@ def main():
   p.add_argument("--device-time", action="store_true",
                  help="also trace each kernel with the profiler and report its device time per call "
                       "(JSON device_us, and a table after the main one): what the timing harness adds")
+  p.add_argument("--samples", type=int, default=None,
+                 help="timing samples per kernel, each one jitted loop of calls; the median is reported "
+                      "(default 25 for the table, 10 per tuning candidate; the GEMM_BENCH_SAMPLES variable does the same)")
   args = p.parse_args()
-  global DEVICE_TIME
+  global DEVICE_TIME, SAMPLES
   DEVICE_TIME = args.device_time
+  if args.samples is not None:
+    if args.samples < 1:
+      p.error(f"--samples {args.samples}: must be at least 1")
+    SAMPLES = args.samples
   args.models = args.models.split(",")
   args.ms = [int(v) for v in args.ms.split(",")]
   args.kernels = args.kernels.split(",")

@@ -117,3 +117,17 @@ def test_tune_writes_w8a16_entries(tmp_path, monkeypatch):
   assert f"'w8a16|{gpu}|16|64|256'" in text and f"'w8a16|{gpu}|16|*|*'" in text
   rows = json.loads(log.read_text())["tune_log"]
   assert len(rows) == 2 and all(r["bf16_time_us"] > 0 and r["max_rel_err"] < 2e-2 for r in rows)
+
+
+def test_samples_flag_sets_the_sample_count(monkeypatch):
+  """`--samples N` reaches time_call (the override every timing reads), and N < 1 is refused."""
+  import pytest
+  seen = []
+  monkeypatch.setattr(gemm, "SAMPLES", 0)
+  monkeypatch.setattr(gemm, "bench", lambda args: seen.append(gemm.SAMPLES))
+  monkeypatch.setattr(sys, "argv", ["gemm.py", "--samples", "7"])
+  gemm.main()
+  assert seen == [7]
+  monkeypatch.setattr(sys, "argv", ["gemm.py", "--samples", "0"])
+  with pytest.raises(SystemExit):
+    gemm.main()
