@@ -161,7 +161,8 @@ LAST_PROFILE = None  # (device seconds, device kernels) per call of the last run
 # Decode (M <= 16) candidates per kernel: (block_m, block_n, block_k, warps, stages, split_k). At M <= 16 a
 # kernel streams the weights once, so what matters is how many programs share that stream (N / block_n x
 # split_k, against 132 SMs) and how many bytes each loop step moves; split-K partials cost one small XLA sum.
-TUNE_CANDIDATES = {
+TUNE_CANDIDATES = {  # (block_m, block_n, block_k, warps, stages, split_k); the two-warp ones were added after
+    # the w8a16 word-decode A/B ran 3-5% faster on two warps than on four (H100, 2026-12-06)
     "w4a16": [(16, 64, 256, 4, 4, 4), (16, 64, 256, 4, 4, 8), (16, 32, 256, 4, 4, 4), (16, 64, 512, 4, 3, 2),
               (16, 128, 256, 4, 4, 8), (16, 32, 256, 4, 4, 1), (16, 64, 256, 4, 4, 2), (16, 64, 256, 4, 2, 4),
               (16, 64, 256, 4, 3, 4), (16, 64, 256, 4, 2, 8), (16, 64, 128, 4, 3, 4),
@@ -173,8 +174,7 @@ TUNE_CANDIDATES = {
               (16, 32, 256, 4, 2, 4), (16, 32, 512, 4, 2, 2), (16, 64, 256, 4, 2, 4),
               (16, 32, 256, 2, 2, 4), (16, 32, 512, 2, 4, 1)],
     # mx unrolls block_k / 32 scale blocks per step (block_k 512 spilled at block_m 64). Two stages ran 10%
-    # faster than four at 8192 x 8192, M = 16 (H100, 2026-12-06), so the sweep covers stages too. Two-warp
-# candidates everywhere: the w8a16 word-decode A/B ran 3-5% faster on two warps than on four (same day).
+    # faster than four at 8192 x 8192, M = 16 (H100, 2026-12-06), so the sweep covers stages too.
     "mx": [(16, 64, 256, 4, 4, 4), (16, 64, 256, 4, 2, 4), (16, 64, 256, 4, 3, 4), (16, 64, 128, 4, 2, 4),
            (16, 64, 128, 4, 3, 4), (16, 64, 256, 4, 2, 8), (16, 64, 256, 4, 2, 2), (16, 128, 256, 4, 2, 4),
            (16, 32, 256, 4, 2, 4), (16, 64, 512, 4, 2, 4), (16, 64, 256, 2, 2, 4), (16, 32, 256, 2, 2, 4)],
