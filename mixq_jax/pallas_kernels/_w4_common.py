@@ -285,8 +285,8 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
     else:
       o_ref[...] = v
 
-  if split_k > 1:  # group scales are applied; the sum over slices applies s_x, s_w and the bias
-    o_ref[...] = acc if acc_t == jnp.int32 else y  # (partial rows are padded to bm: no mask)
+  if split_k > 1:  # group scales are applied; the wrapper sums, applies s_x, s_w and adds the bias
+    store(acc if acc_t == jnp.int32 else y)
     return
   if plan.has_sx:
     sx = plgpu.load(sx_ref.at[:], mask=rmask[:, 0], other=0) if ragged else sx_ref[...]
@@ -323,8 +323,8 @@ def w4_matmul(x, w_q, *, plan: _Plan, kernel: str, s_x=None, m_x=None, scale=Non
   bm = max(16, min(cfg.block_m, _shapes.next_pow2(m)))
   bn = _shapes.pow2_divisor(n, cfg.block_n)
   u = max(1, _shapes.pow2_divisor(nb, max(1, cfg.block_k // PACK_BLOCK)))
-  # K slices write partials that `tiled_pallas_call` sums and scales (int32 for the integer plans, so the
-  # sum is the exact accumulator); not with outliers or QUIK's zero point
+  # K slices write partials that XLA sums and scales (int32 for the integer plans, so the sum is the
+  # exact accumulator); not with outliers or QUIK's zero point
   split_k = min(cfg.split_k, nb // u) if not (plan.has_outliers or plan.has_zp) else 1
   num_m, num_n = pl.cdiv(m, bm), n // bn
   g = scale.shape[0] if scale is not None else (s_g.shape[1] if s_g is not None else nb)

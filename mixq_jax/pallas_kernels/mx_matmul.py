@@ -26,7 +26,7 @@ On the "words" path each loop step also loads the next step's scale words (a loo
 for its own scale loads (up to 1.06x faster at decode on an H100, BENCHMARKS.md).
 
 At decode K is split over `config.split_k` programs (4 or 8 on 64-wide N tiles, tuned table), whose fully scaled
-float32 partials are summed (`tiled_pallas_call`); the trailing MXFP6 blocks go with the last slice. Unsplit, a 4096-wide N gave
+float32 partials XLA sums; the trailing MXFP6 blocks go with the last slice. Unsplit, a 4096-wide N gave
 about one four-warp program per SM (H100: 0.60-0.95x of bf16 at M <= 16 against 0.94-1.46x split,
 BENCHMARKS.md).
 
@@ -309,7 +309,7 @@ def mx_matmul(
   nb4 = k4p // PACK_BLOCK
   u = max(1, _shapes.pow2_divisor(nb4, max(1, cfg.block_k // PACK_BLOCK)))
   # K slices (decode: without them 4096-wide N gives ~one 4-warp program per SM) write float32
-  # partials that tiled_pallas_call sums; each is already fully scaled, so the sum is the same float32 algebra
+  # partials that XLA sums; each is already fully scaled, so the sum is the same float32 algebra
   split_k = max(1, min(cfg.split_k, nb4 // u))
   num_m, num_n = pl.cdiv(m, bm), n // bn
   mp = num_m * bm

@@ -19,7 +19,6 @@ from jax.experimental import pallas as pl
 
 from mixq_jax.pallas_kernels import _shapes
 from mixq_jax.pallas_kernels import w8a8_matmul_hopper as _hopper
-from mixq_jax.pallas_kernels._split_k import split_k_pallas_call
 from mixq_jax.pallas_kernels._triton import compiler_params, plgpu
 from mixq_jax.pallas_kernels.configs import KernelConfig, select_config
 
@@ -53,28 +52,17 @@ def outlier_operands(x_o, w_o, count, bm, bn, ids):
   return in_specs, [x_o, w_o, jnp.reshape(count, (1,)).astype(jnp.int32)]
 
 
-# Split-K partials summed by the kernel's last-arriving program (True) or by an XLA fusion after it
-# (False). Module flag for same-run A/B timing.
-SPLIT_K_IN_KERNEL = False
-
-
 def tiled_pallas_call(kernel_fn, in_specs, args, *, ids, m, n, bm, bn, num_tiles, split_k, out_dtype,
                       cfg, interpret, name, partial_scale=None, row_scale=None, bias=None,
                       partial_dtype=jnp.float32):
   """The pallas_call of a tiled GEMM over `num_tiles` output tiles in `ids` order. With split_k > 1,
-  each tile's K slices write partials [S, M', N] (M' = M padded to bm, so the kernels store them
-  unmasked; partial_dtype: float32, or int32 for exact integer sums). Their sum is converted to
-  float32, scaled by `row_scale` [M] and `partial_scale` [N] (if given, in that order, as the
-  kernels' epilogues), given `bias` and cast: by the kernel's last program (SPLIT_K_IN_KERNEL,
-  `_split_k`) or by one small XLA fusion after the kernel."""
-  if split_k > 1 and SPLIT_K_IN_KERNEL:
-    return split_k_pallas_call(kernel_fn, in_specs, args, ids=ids, m=m, n=n, bm=bm, bn=bn,
-                               num_tiles=num_tiles, split_k=split_k, out_dtype=out_dtype, cfg=cfg,
-                               interpret=interpret, name=name, partial_dtype=partial_dtype,
-                               row_scale=row_scale, partial_scale=partial_scale, bias=bias)
+  each tile's K slices write partials [S, M, N] (partial_dtype: float32, or int32 for exact integer
+  sums), which one small XLA fusion sums, converts to float32, scales by
+  `row_scale` [M] and `partial_scale` [N] (if given, in that order, as the kernels' epilogues),
+  adds `bias` to and casts."""
   if split_k > 1:
     out_specs = pl.BlockSpec((None, bm, bn), lambda i, s: (s, *ids(i)))
-    out_shape = jax.ShapeDtypeStruct((split_k, pl.cdiv(m, bm) * bm, n), partial_dtype)
+    out_shape = jax.ShapeDtypeStruct((split_k, m, n), partial_dtype)
   else:
     out_specs = pl.BlockSpec((bm, bn), lambda i, *_: ids(i))
     out_shape = jax.ShapeDtypeStruct((m, n), out_dtype)
@@ -89,7 +77,7 @@ def tiled_pallas_call(kernel_fn, in_specs, args, *, ids, m, n, bm, bn, num_tiles
       name=name,
   )(*args)
   if split_k > 1:
-    y = jnp.sum(out[:, :m], axis=0).astype(jnp.float32)
+    y = jnp.sum(out, axis=0).astype(jnp.float32)
     if row_scale is not None:
       y = y * row_scale[:, None]
     if partial_scale is not None:
@@ -132,8 +120,11 @@ def _mm_kernel(
   acc_t = jnp.int32 if int8_act else jnp.float32
   acc = jax.lax.fori_loop(0, nk, body, jnp.zeros((x_ref.shape[0], w_ref.shape[0]), acc_t))
   y = acc.astype(jnp.float32)
-  if split_k > 1:  # the scales and bias are applied after the sum over slices (rows padded to bm)
-    o_ref[...] = y
+  if split_k > 1:  # the scales and bias are applied after the sum over slices, in the wrapper
+    if ragged:
+      plgpu.store(o_ref.at[:, :], y, mask=rmask)
+    else:
+      o_ref[...] = y
     return
   if sx_ref is not None:
     sx = plgpu.load(sx_ref.at[:], mask=rmask[:, 0], other=0) if ragged else sx_ref[...]
@@ -173,7 +164,7 @@ def fused_matmul(x, s_x, w, s_w, bias, x_o, w_o, count, *, kernel, out_dtype, in
   bk = max(min_bk, _shapes.pow2_divisor(k, cfg.block_k))
   num_m, num_n = pl.cdiv(m, bm), n // bn
   # Split-K (w8a16 only): S programs per output tile each reduce K/S; float32 partials are
-  # summed and scaled by tiled_pallas_call. Fills the SMs when M is tiny and N / block_n is small.
+  # summed (and scaled) by XLA. Fills the SMs when M is tiny and N / block_n is small.
   split_k = cfg.split_k if not int8_act else 1
   while split_k > 1 and (k // bk) % split_k:
     split_k //= 2
