@@ -37,14 +37,24 @@ def main(argv=None):
   ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES),
                   help="comma-separated NxK weight shapes (default: 7B qkvo, 70B k/v, 70B q_o)")
   args = ap.parse_args(argv)
-  shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-  configs.gpu_name = _w4_common.gpu_name = lambda: "h100"
-  m = args.m
+  try:
+    shapes = [(int(n), int(k)) for n, k in (s.split("x") for s in args.shapes.split(","))]
+  except ValueError:
+    ap.error(f"--shapes {args.shapes!r}: expected comma-separated NxK, e.g. 4096x4096,1024x8192")
+  saved = configs.gpu_name, _w4_common.gpu_name
+  configs.gpu_name = _w4_common.gpu_name = lambda: "h100"  # the H100 table's entries on any GPU
+  try:
+    run(shapes, args.m, args.time)
+  finally:
+    configs.gpu_name, _w4_common.gpu_name = saved
+
+
+def run(shapes, m, time_only):
   bf16 = jax.jit(gemm.xla_bf16)
   w8a16 = gemm.kernel_fn("w8a16", None)[0]  # interpret mode on CPU (a smoke run of this script)
   w4a8 = gemm4.kernel_fn("w4a8")[0]
   for n, k in shapes:
-    if args.time:
+    if time_only:
       row = [f"{n}x{k}"]
       for kind, fn in (("bf16", gemm.xla_bf16), ("w8a16", w8a16)):
         t_est = gemm.est_seconds(m, n, k, gemm.moved_bytes(kind, m, n, k))

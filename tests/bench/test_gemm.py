@@ -136,7 +136,12 @@ def test_samples_flag_sets_the_sample_count(monkeypatch):
 def test_ncu_probe_runs_on_cpu(capsys):
   """bench/ncu_probe.py (the calls ncu profiles) runs in interpret mode, and --time prints the harness row."""
   import ncu_probe  # noqa: PLC0415 -- bench/ is on sys.path in these tests
+  import pytest  # noqa: PLC0415
+  before = ncu_probe.configs.gpu_name
   ncu_probe.main(["--shapes", "32x256", "--m", "1"])
   ncu_probe.main(["--shapes", "32x256", "--m", "1", "--time"])
   out = capsys.readouterr().out
   assert "harness us: 32x256 | bf16 " in out and "w8a16" in out and "w4a8" in out
+  assert ncu_probe.configs.gpu_name is before  # the H100 table override is undone after main
+  with pytest.raises(SystemExit):
+    ncu_probe.main(["--shapes", "4096"])
