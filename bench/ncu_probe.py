@@ -1,16 +1,19 @@
-"""Decode GEMM calls to look at under Nsight Compute: XLA bf16 (cuBLAS), w8a16 and w4a8 at M = 16.
+"""Decode GEMM calls to look at under Nsight Compute: XLA bf16, w8a16 and w4a8 at M = 16.
 
     python bench/ncu_probe.py --time          # the same calls timed by bench/gemm.py's harness (no ncu)
-    XLA_FLAGS=--xla_gpu_autotune_level=0 ncu --clock-control none \\
-        -k regex:"w8a16|w4a8|gemm|nvjet|sm90|cutlass|reduce" \\
+    export XLA_FLAGS=--xla_gpu_per_fusion_autotune_cache_dir=/tmp/xla_autotune
+    python bench/ncu_probe.py                 # fills the autotune cache (XLA picks bf16's kernel)
+    ncu --clock-control none -k regex:"w8a16|w4a8|gemm|gemv|nvjet|sm90|cutlass|reduce" \\
         --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \\
         python bench/ncu_probe.py            # each kernel 3 times per shape, serialized by ncu
 
 What it is for: the 4-bit and 8-bit decode kernels pay about 5 us per call beyond their weight bytes
 (BENCHMARKS.md, "the fixed cost of a call"), and cuBLAS's bf16 GEMM pays much less. ncu's duration of one
 kernel alone, set against the harness time of back-to-back calls, says whether that cost is inside the
-kernel (ramp-up, tail, stalls: see the warp states) or between kernels. Autotuning is off under ncu so
-that XLA's compile does not launch candidate GEMMs; the tuned table's H100 entries are used on any GPU.
+kernel (ramp-up, tail, stalls: see the warp states) or between kernels. Under ncu, XLA reads its GEMM choice
+from the autotune cache that the first run filled, so its compile launches no candidate GEMMs and bf16 runs the
+kernel the harness times (with autotuning off instead, the bf16 dot became an untuned Triton fusion that took
+42 us at 4096 x 4096, M = 16, against the harness's 17). The tuned table's H100 entries are used on any GPU.
 """
 
 import argparse

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from mixq_jax.pallas_kernels import _shapes, tuned_table
+from mixq_jax.pallas_kernels import _shapes, configs, tuned_table
 from mixq_jax.pallas_kernels._triton import plgpu
 from mixq_jax.pallas_kernels.configs import KernelConfig, gpu_name, m_bucket, table_key
 from mixq_jax.pallas_kernels.int4_pack import HALF, PACK_BLOCK, nibble_bytes_to_int8, unpack_halves
@@ -87,11 +87,14 @@ def select_config(kernel: str, m: int, n: int, k: int) -> KernelConfig:
   if kernel not in KERNELS4:
     raise ValueError(f"unknown {kernel=}; expected one of {KERNELS4}")
   gpu, mb = gpu_name(), m_bucket(m)
-  for key in (table_key(kernel, gpu, mb, n, k), table_key(kernel, gpu, mb, "*", "*")):
-    entry = tuned_table.TABLE.get(key)
-    if entry is not None:
-      return KernelConfig(**entry)
-  return default_config(kernel, m)
+  entry = tuned_table.TABLE.get(table_key(kernel, gpu, mb, n, k))
+  if entry is not None:
+    return KernelConfig(**entry)
+  entry = tuned_table.TABLE.get(table_key(kernel, gpu, mb, "*", "*"))
+  cfg = KernelConfig(**entry) if entry is not None else default_config(kernel, m)
+  if kernel in configs.SPLIT_KERNELS and configs.SPREAD_SPLIT_K:  # not tuned on this N, K
+    cfg = configs.spread_split_k(cfg, n, k, configs.sm_count())
+  return cfg
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

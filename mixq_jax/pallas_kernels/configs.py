@@ -2,8 +2,10 @@
 
 Lookup order: exact (kernel, gpu, m_bucket, N, K) entry of the checked-in table `tuned_table.TABLE`
 (written by `python bench/gemm.py --tune`), then (kernel, gpu, m_bucket, "*", "*"), then the
-hand-written defaults below. The wrappers shrink blocks that do not divide N / K (see
-`_shapes.pow2_divisor`), so any entry is safe for any shape.
+hand-written defaults below. A decode config (M <= 16) that was not tuned for its N, K gets more
+K slices on a GPU where its programs would not fill the SMs (`spread_split_k`: narrow layers such as
+k/v projections). The wrappers shrink blocks that do not divide N / K (see `_shapes.pow2_divisor`),
+so any entry is safe for any shape.
 """
 
 import dataclasses
@@ -11,7 +13,7 @@ import functools
 
 import jax
 
-from mixq_jax.pallas_kernels import tuned_table
+from mixq_jax.pallas_kernels import _shapes, tuned_table
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -87,6 +89,47 @@ def default_config(kernel: str, m: int) -> KernelConfig:
   raise ValueError(f"unknown {kernel=}; expected one of {KERNELS}")
 
 
+@functools.cache
+def sm_count() -> int | None:
+  """Streaming multiprocessors of the default GPU; None elsewhere (no spreading in interpret mode)."""
+  d = jax.devices()[0]
+  return getattr(d, "core_count", None) if d.platform == "gpu" else None
+
+
+# Decode configs that come from a bucket default (no entry for this N, K) get their split_k raised
+# until the programs cover the SMs about twice (`spread_split_k`). Module flag for same-run A/B timing.
+SPREAD_SPLIT_K = True
+SPLIT_KERNELS = ("w8a16", "w4a16", "w4a8", "w4a8g", "mx")  # the kernels whose wrappers split K
+SPREAD_WAVES = 1.8  # programs per SM to aim for
+
+
+def spread_split_k(cfg: KernelConfig, n: int, k: int, sms: int | None, min_block_k: int | None = None
+                   ) -> KernelConfig:
+  """A decode config (block_m <= 16) for an N, K it was not tuned on, spread over more programs.
+
+  While the programs (N tiles x K slices) number under SPREAD_WAVES x `sms`: split_k doubles if every
+  slice keeps at least two block_k steps, else block_k halves (down to `min_block_k`; default: no
+  halving). A bucket default is the best geometric mean over the tuned shapes, all wide or deep; on a
+  narrow layer (a k/v projection, N = 512 or 1024) it started 32-64 programs. On an H100 at M = 16,
+  128-256 programs ran w8a16 15-20% faster there and w4a8 and w4a16 25-30% faster (k/v shapes,
+  BENCHMARKS.md, 2026-12-06): a decode program streams its weights at one or two warps per scheduler,
+  so more programs per SM keep more loads in flight. The split-K partials cost one small XLA sum.
+  """
+  if sms is None or cfg.block_m > 16:
+    return cfg
+  tiles = -(-n // _shapes.pow2_divisor(n, cfg.block_n))
+  bk, split = cfg.block_k, cfg.split_k
+  while tiles * split < SPREAD_WAVES * sms:
+    steps = k // bk
+    if steps % (2 * split) == 0 and steps // (2 * split) >= 2:
+      split *= 2
+    elif min_block_k is not None and bk // 2 >= min_block_k and k % (bk // 2) == 0:
+      bk //= 2
+    else:
+      break
+  return dataclasses.replace(cfg, block_k=bk, split_k=split) if (bk, split) != (cfg.block_k, cfg.split_k) else cfg
+
+
 def table_key(kernel: str, gpu: str, mb: int, n, k) -> str:
   return f"{kernel}|{gpu}|{mb}|{n}|{k}"
 
@@ -105,8 +148,13 @@ def select_config(kernel: str, m: int, n: int, k: int, gpu: str | None = None) -
     # the hand default is one pass, which is slow for K = 11008 (bench/h200_2026-12-05/qa_tune.log).
     near = sorted((b for b in BUCKETS if b != mb), key=lambda b: (abs(b.bit_length() - mb.bit_length()), -b))
     keys += [table_key(kernel, gpu, b, n, k) for b in near] + [table_key(kernel, gpu, b, "*", "*") for b in near]
-  for key in keys:
+  for i, key in enumerate(keys):
     entry = tuned_table.TABLE.get(key)
     if entry is not None:
-      return KernelConfig(**entry)
-  return default_config(kernel, m)
+      cfg = KernelConfig(**entry)
+      break
+  else:
+    i, cfg = len(keys), default_config(kernel, m)
+  if i > 0 and kernel in SPLIT_KERNELS and SPREAD_SPLIT_K:  # not tuned on this N, K
+    cfg = spread_split_k(cfg, n, k, sm_count(), min_block_k=128)  # w8a16's best at 1024 x 4096, 512 x 3584
+  return cfg

@@ -20,6 +20,7 @@ def test_w4_select_takes_the_tuned_entry_then_the_bucket_default(monkeypatch):
   bucket = {"block_m": 16, "block_n": 32, "block_k": 512, "num_warps": 4, "num_stages": 4, "split_k": 2}
   gpu = configs.gpu_name()
   monkeypatch.setattr(tuned_table, "TABLE", {f"w4a16|{gpu}|16|4096|4096": tuned, f"w4a16|{gpu}|16|*|*": bucket})
+  monkeypatch.setattr(configs, "sm_count", lambda: None)  # as in interpret mode: no spreading (tested below)
   assert _w4_common.select_config("w4a16", 1, 4096, 4096) == KernelConfig(**tuned)
   assert _w4_common.select_config("w4a16", 16, 8192, 8192) == KernelConfig(**bucket)
   assert _w4_common.select_config("w4a8", 16, 4096, 4096) == _w4_common.default_config("w4a8", 16)
@@ -48,3 +49,39 @@ def test_quantize_act_takes_the_nearest_tuned_bucket(monkeypatch):
   assert select_config("quantize_act", 2048, 0, 4096, gpu="gx") == configs.default_config("quantize_act", 2048)
   # GEMM tiles depend on M: an untuned bucket keeps the hand default
   assert pick("w8a8", 2048, n=4096) == configs.default_config("w8a8", 2048)
+
+
+def test_spread_split_k_fills_the_sms_on_narrow_layers():
+  cfg = KernelConfig(block_m=16, block_n=32, block_k=256, num_warps=4, num_stages=4, split_k=2)
+  spread = lambda n, k, sms=132, c=cfg, **kw: (lambda r: (r.block_k, r.split_k))(configs.spread_split_k(c, n, k, sms, **kw))
+  assert spread(1024, 8192) == (256, 8)   # 32 tiles: 64 -> 256 programs (>= 1.8 x 132)
+  assert spread(1024, 8192, sms=66) == (256, 4)
+  assert spread(1024, 4096) == (256, 8)   # 16 steps: 8 slices of two steps
+  assert spread(1024, 2048) == (256, 4)   # 8 steps: at most 4 slices of two steps each...
+  assert spread(1024, 2048, min_block_k=128) == (128, 8)  # ...unless block_k may halve
+  assert spread(512, 3584, min_block_k=128) == (128, 4)   # 14 steps: halve first; 28 = 4 x 7
+  assert spread(576, 576, min_block_k=128) == (256, 2)    # 576 = 4.5 x 128: nothing to halve or split
+  assert spread(4096, 4096) == (256, 2)   # 128 tiles x 2 already cover the SMs
+  assert spread(1024, 8192, sms=None) == (256, 2)  # no GPU (interpret mode): unchanged
+  wide = KernelConfig(block_m=64, block_n=32, block_k=256, split_k=1)
+  assert configs.spread_split_k(wide, 1024, 8192, 132) == wide  # not a decode config
+
+
+def test_select_spreads_only_configs_not_tuned_on_the_shape(monkeypatch):
+  tuned = {"block_m": 16, "block_n": 64, "block_k": 256, "num_warps": 4, "num_stages": 4, "split_k": 4}
+  bucket = {"block_m": 16, "block_n": 32, "block_k": 256, "num_warps": 4, "num_stages": 4, "split_k": 2}
+  table = {f"{kern}|gx|16|{nk}": entry for kern in ("w8a16", "w4a8") for nk, entry in
+           (("1024|8192", tuned), ("*|*", bucket))}
+  table = {key.replace("1024|8192", "1024|16384"): v for key, v in table.items()}
+  monkeypatch.setattr(tuned_table, "TABLE", table)
+  monkeypatch.setattr(configs, "sm_count", lambda: 132)
+  monkeypatch.setattr(_w4_common, "gpu_name", lambda: "gx")
+  for select in (lambda *a: select_config(*a, gpu="gx"), _w4_common.select_config):
+    kern = "w8a16" if select is not _w4_common.select_config else "w4a8"
+    assert select(kern, 16, 1024, 16384) == KernelConfig(**tuned)  # tuned here: 64 programs kept
+    assert select(kern, 1, 1024, 8192).split_k == 8  # bucket default, 32 tiles x 2 -> x 8
+    assert select(kern, 16, 4096, 4096).split_k == 2
+    monkeypatch.setattr(configs, "SPREAD_SPLIT_K", False)
+    assert select(kern, 1, 1024, 8192).split_k == 2
+    monkeypatch.setattr(configs, "SPREAD_SPLIT_K", True)
+  assert select_config("w8a8", 16, 1024, 4096, gpu="gx") == configs.default_config("w8a8", 16)  # no split-K
