@@ -111,7 +111,7 @@ def spread_split_k(cfg: KernelConfig, n: int, k: int, sms: int | None, min_block
   slice keeps at least two block_k steps, else block_k halves (down to `min_block_k`; default: no
   halving). A bucket default is the best geometric mean over the tuned shapes, all wide or deep; on a
   narrow layer (a k/v projection, N = 512 or 1024) it started 32-64 programs. On an H100 at M = 16,
-  128-256 programs ran w8a16 15-20% faster there and w4a8 and w4a16 25-30% faster (k/v shapes,
+  128-256 programs ran w8a16 15-20% faster there and the 4-bit kernels 25-45% faster (k/v shapes,
   BENCHMARKS.md, 2026-12-06): a decode program streams its weights at one or two warps per scheduler,
   so more programs per SM keep more loads in flight. The split-K partials cost one small XLA sum.
   """
