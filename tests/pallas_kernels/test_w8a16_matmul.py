@@ -51,3 +51,21 @@ def test_errors():
     w8a16_matmul(jnp.ones((2, 32), jnp.bfloat16), jnp.ones((40, 32), jnp.int8), jnp.ones((40,)))
   with pytest.raises(ValueError, match="s_w.shape"):
     w8a16_matmul(jnp.ones((2, 32), jnp.bfloat16), jnp.ones((32, 32), jnp.int8), jnp.ones((16,)))
+
+
+def test_w8a16_spread_config(monkeypatch):
+  """The config a GPU with 132 SMs picks for an untuned narrow layer: split_k and block_k from
+  configs.spread_split_k (here block_k 256 -> 128, split 1 -> 4), exact as any config."""
+  from mixq_jax.pallas_kernels import configs, tuned_table  # noqa: PLC0415
+
+  monkeypatch.setattr(configs, "sm_count", lambda: 132)
+  monkeypatch.setattr(tuned_table, "TABLE", {})
+  cfg = configs.select_config("w8a16", 5, 64, 1536)
+  assert (cfg.block_k, cfg.split_k) == (128, 4)
+  jax.clear_caches()  # the wrapper selects its config while tracing
+  kx, kw, ks = keys(3)
+  x = jax.random.normal(kx, (5, 1536), jnp.bfloat16)
+  w, sw = rand_int8(kw, (64, 1536)), rand_scale(ks, (64,))
+  got = w8a16_matmul(x, w, sw, out_dtype=jnp.float32, interpret=INTERPRET)
+  jax.clear_caches()
+  assert rel_err(got, w8a16_matmul_reference(x, w, sw, out_dtype=jnp.float32)) < 1e-5
