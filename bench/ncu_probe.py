@@ -8,7 +8,8 @@
         python bench/ncu_probe.py            # each kernel 3 times per shape, serialized by ncu
 
 What it is for: the 4-bit and 8-bit decode kernels pay about 5 us per call beyond their weight bytes
-(BENCHMARKS.md, "the fixed cost of a call"), and cuBLAS's bf16 GEMM pays much less. ncu's duration of one
+(BENCHMARKS.md, "the fixed cost of a call"), and XLA's bf16 GEMM (a split-K Triton GEMM and a reduction at
+M = 16 on an H100) pays much less. ncu's duration of one
 kernel alone, set against the harness time of back-to-back calls, says whether that cost is inside the
 kernel (ramp-up, tail, stalls: see the warp states) or between kernels. Under ncu, XLA reads its GEMM choice
 from the autotune cache that the first run filled, so its compile launches no candidate GEMMs and bf16 runs the

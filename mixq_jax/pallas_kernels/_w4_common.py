@@ -92,9 +92,7 @@ def select_config(kernel: str, m: int, n: int, k: int) -> KernelConfig:
     return KernelConfig(**entry)
   entry = tuned_table.TABLE.get(table_key(kernel, gpu, mb, "*", "*"))
   cfg = KernelConfig(**entry) if entry is not None else default_config(kernel, m)
-  if kernel in configs.SPLIT_KERNELS and configs.SPREAD_SPLIT_K:  # not tuned on this N, K
-    cfg = configs.spread_split_k(cfg, n, k, configs.sm_count())
-  return cfg
+  return configs.spread_untuned(cfg, kernel, n, k)  # not tuned on this N, K
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -130,6 +130,13 @@ def spread_split_k(cfg: KernelConfig, n: int, k: int, sms: int | None, min_block
   return dataclasses.replace(cfg, block_k=bk, split_k=split) if (bk, split) != (cfg.block_k, cfg.split_k) else cfg
 
 
+def spread_untuned(cfg: KernelConfig, kernel: str, n: int, k: int, min_block_k: int | None = None) -> KernelConfig:
+  """`spread_split_k` on this GPU for a config that came from a bucket default (both select_configs)."""
+  if kernel not in SPLIT_KERNELS or not SPREAD_SPLIT_K:
+    return cfg
+  return spread_split_k(cfg, n, k, sm_count(), min_block_k)
+
+
 def table_key(kernel: str, gpu: str, mb: int, n, k) -> str:
   return f"{kernel}|{gpu}|{mb}|{n}|{k}"
 
@@ -155,6 +162,6 @@ def select_config(kernel: str, m: int, n: int, k: int, gpu: str | None = None) -
       break
   else:
     i, cfg = len(keys), default_config(kernel, m)
-  if i > 0 and kernel in SPLIT_KERNELS and SPREAD_SPLIT_K:  # not tuned on this N, K
-    cfg = spread_split_k(cfg, n, k, sm_count(), min_block_k=128)  # w8a16's best at 1024 x 4096, 512 x 3584
+  if i > 0:  # not tuned on this N, K; block_k 128 was w8a16's best at 1024 x 4096 and 512 x 3584
+    cfg = spread_untuned(cfg, kernel, n, k, min_block_k=128)
   return cfg
