@@ -19,6 +19,17 @@ unpack by arithmetic shifts ((p << 4) >> 4 and p >> 4, sign-extending to exact i
 values (asymmetric int4 with zero point, [0, 15]) are stored in uint8 bytes and unpack by
 p & 15 and p >> 4.
 
+Asymmetric weights (`quantize_w4_asym`, the w4a16 kernel's) are stored with their columns reordered
+within each block before packing (`to_asym_storage_order`): the packed byte 4 j + 2 h + e (word j,
+half word h, byte e of the half word) holds in its low / high nibble (a = 0 / 1) the value at
+k = 128 b + 64 e + 32 a + 2 j + h. Why: the decode kernel turns nibble position (e, a) of every
+32-bit word into 16-bit floats by bit operations (`_w4_common._magic_block`), two per word, with
+the low half word's value first; in this order those 32 values are the contiguous columns
+[128 b + 32 (2 e + a), + 32) and meet x as it is. With the plain order the activations were
+reordered by an XLA pass on every call, which cost 1.2-1.9 us of a 10-26 us decode call on an
+H100 (BENCHMARKS.md, 2026-12-06). Paths that unpack the halves (large M, the XLA program) reorder x
+instead (`to_asym_storage_order(x)`), and `dequantize_w4_asym` / the reference undo the order.
+
 K that is not a multiple of PACK_BLOCK (or of the group) is zero padded here, at quantization
 time: SmolLM2-135M has K = 576 = 4.5 x 128, so its last pack block / group is partial. The
 kernels pad the activations with zeros to Kp, so the padded columns contribute nothing.
@@ -59,6 +70,25 @@ def pack_int4(q: jax.Array, *, signed: bool) -> jax.Array:
   if signed:  # reinterpret the byte as two's complement
     return jnp.where(byte >= 128, byte - 256, byte).astype(jnp.int8)
   return byte.astype(jnp.uint8)
+
+
+def to_asym_storage_order(a: jax.Array) -> jax.Array:
+  """[..., Kp] in natural column order -> the asymmetric int4 storage order (module docstring): position
+  64 a + 4 j + 2 h + e of each 128-block takes column 64 e + 32 a + 2 j + h. A permutation within blocks."""
+  kp = a.shape[-1]
+  lead = a.shape[:-1]
+  b = a.reshape(*lead, kp // PACK_BLOCK, 2, 2, HALF // 4, 2)  # [..., block, e, a, j, h]
+  nd = b.ndim
+  return jnp.moveaxis(b, nd - 4, nd - 1).reshape(*lead, kp)  # [..., block, a, j, h, e]
+
+
+def from_asym_storage_order(a: jax.Array) -> jax.Array:
+  """Inverse of `to_asym_storage_order`: storage order [..., Kp] -> natural column order."""
+  kp = a.shape[-1]
+  lead = a.shape[:-1]
+  b = a.reshape(*lead, kp // PACK_BLOCK, 2, HALF // 4, 2, 2)  # [..., block, a, j, h, e]
+  nd = b.ndim
+  return jnp.moveaxis(b, nd - 1, nd - 4).reshape(*lead, kp)  # [..., block, e, a, j, h]
 
 
 def unpack_halves(p: jax.Array):
@@ -137,6 +167,7 @@ def unpack_int4_words(p: jax.Array, group_scale: jax.Array | None = None) -> jax
 def quantize_w4_asym(w: jax.Array, group: int = 128):
   """AWQ-style int4 asymmetric, one scale + zero point per `group` columns (RTN; AWQ's scale
   search lives in quant/). w [N, K] -> (w_q [N, Kp/2] uint8, scale [G, N] bf16, zero [G, N] bf16).
+  w_q's columns are in `to_asym_storage_order` (within each pack block, so the groups are untouched).
 
   w ~ (q - zero) * scale with q in [0, 15]; zero is an integer in [0, 15] (exact in bf16), so the
   stored form is 4 + 32/group bits per weight (4.25 at g128). Padded columns quantize to q = zero
@@ -155,13 +186,14 @@ def quantize_w4_asym(w: jax.Array, group: int = 128):
   zero = jnp.clip(jnp.round(-lo / scale), 0, 15)
   q = jnp.clip(jnp.round(wg / scale[..., None]) + zero[..., None], 0, 15)
   q = jnp.where(real, q, zero[..., None]).reshape(n, kp)
-  return (pack_int4(q, signed=False), scale.T.astype(jnp.bfloat16), zero.T.astype(jnp.bfloat16))
+  return (pack_int4(to_asym_storage_order(q), signed=False), scale.T.astype(jnp.bfloat16),
+          zero.T.astype(jnp.bfloat16))
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
 def dequantize_w4_asym(w_q, scale, zero, k=None):
-  """[N, Kp/2], [G, N], [G, N] -> [N, K] float32 (exact)."""
-  q = unpack_int4(w_q).astype(jnp.float32)  # [N, Kp]
+  """[N, Kp/2], [G, N], [G, N] -> [N, K] float32 (exact), columns in natural order."""
+  q = from_asym_storage_order(unpack_int4(w_q)).astype(jnp.float32)  # [N, Kp]
   n, kp = q.shape
   g = scale.shape[0]
   qg = q.reshape(n, g, kp // g)

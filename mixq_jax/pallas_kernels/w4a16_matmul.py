@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from mixq_jax.pallas_kernels import _shapes
 from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, pad_x, w4_matmul
 from mixq_jax.pallas_kernels.configs import KernelConfig
-from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, unpack_int4
+from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, from_asym_storage_order, unpack_int4
 
 _STATIC = ("out_dtype", "interpret", "config")
 
@@ -51,7 +51,7 @@ def _check(x, w_q, scale, zero, bias):
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def w4a16_matmul(
     x: jax.Array,      # [M, K] bf16 / fp16
-    w_q: jax.Array,    # [N, Kp/2] uint8, int4_pack layout
+    w_q: jax.Array,    # [N, Kp/2] uint8, int4_pack layout (asymmetric storage order)
     scale: jax.Array,  # [G, N] bf16 (or f32)
     zero: jax.Array,   # [G, N] bf16 (or f32), integer values in [0, 15]
     bias: jax.Array | None = None,  # [N]
@@ -76,7 +76,7 @@ def w4a16_matmul_reference(x, w_q, scale, zero, bias=None, *, out_dtype=None, in
   m, n, kp = _check(x, w_q, scale, zero, bias)
   g = scale.shape[0]
   xf = pad_x(x, kp).astype(jnp.float32).reshape(m, g, kp // g)  # [M, G, gs]
-  q = unpack_int4(w_q).astype(jnp.float32).reshape(n, g, kp // g)  # [N, G, gs]
+  q = from_asym_storage_order(unpack_int4(w_q)).astype(jnp.float32).reshape(n, g, kp // g)  # [N, G, gs]
   d = jnp.einsum("mgk,ngk->mgn", xf, q, precision=jax.lax.Precision.HIGHEST)
   d = d - jnp.sum(xf, axis=2)[:, :, None] * zero.astype(jnp.float32)[None]
   y = jnp.sum(d * scale.astype(jnp.float32)[None], axis=1)

@@ -1,9 +1,11 @@
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from mixq_jax.pallas_kernels import KernelConfig, _w4_common, w4a16_matmul, w4a16_matmul_reference
-from mixq_jax.pallas_kernels.int4_pack import dequantize_w4_asym, quantize_w4_asym
+from mixq_jax.pallas_kernels.int4_pack import (dequantize_w4_asym, from_asym_storage_order, quantize_w4_asym,
+                                               to_asym_storage_order)
 from kernel_testutil import INTERPRET, keys, rel_err
 
 
@@ -61,13 +63,17 @@ def test_w4a16_groups_wider_than_a_pack_block(group, magic, block_m, kernel_flag
   assert rel_err(got, want) < (2e-5 if block_m == 16 else 1e-2)  # block_m 64 rounds W to bf16
 
 
-def test_w4a16_magic_x_order_is_a_permutation():
-  """magic_x_order moves each column within its 128-block, a bijection."""
+def test_w4a16_storage_order_is_a_permutation_within_blocks():
+  """to_asym_storage_order moves each column within its 128-block, a bijection that
+  from_asym_storage_order undoes; position 64 a + 4 j + 2 h + e takes column 64 e + 32 a + 2 j + h."""
   x = jnp.arange(2 * 256, dtype=jnp.float32).reshape(2, 256)
-  y = _w4_common.magic_x_order(x)
+  y = to_asym_storage_order(x)
   assert sorted(y[0].tolist()) == x[0].tolist()
   assert set(y[1, :128].tolist()) == set(x[1, :128].tolist())
   assert not (y == x).all()
+  np.testing.assert_array_equal(np.asarray(from_asym_storage_order(y)), np.asarray(x))
+  a, j, h, e = 1, 5, 1, 1
+  assert float(y[0, 128 + 64 * a + 4 * j + 2 * h + e]) == 128 + 64 * e + 32 * a + 2 * j + h
 
 
 def test_w4a16_default_config_bf16_out():
