@@ -16,7 +16,9 @@ the activation tile in two dots; nothing is concatenated or shuffled.
                    (an MMA against a ones tile); one int->16-bit convert per weight and [bm, bn] work per block
                    instead of [bn, 128] dequant work. Large M: the tile is dequantized in registers,
                    W = (q - z) s rounded to x.dtype (as AWQ's kernels do), and the MMA accumulates
-                   in place (the small-M form keeps a second [bm, bn] accumulator live).
+                   in place (the small-M form keeps a second [bm, bn] accumulator live). Both read
+                   the weights as 32-bit words and form 16 + q by the magic-number trick, whose
+                   column order is the weights' storage order, so x is read as it is.
     wmode "sym"    int8 packed, per-channel scale in the epilogue.
     wmode "qqq"    int8 packed + integer group scales s_g [N, G] in [1, 15]: q4 * s_g is an
                    exact int8 formed in registers (QQQ), per-channel scale in the epilogue.
@@ -41,6 +43,12 @@ KERNELS4 = ("w4a16", "w4a8", "w4a8g", "w4a4o16", "mx")
 # Small-M w4a16: int4 -> 16-bit float by the magic-number trick on 32-bit words (`_magic_block`)
 # instead of byte unpack + integer -> float conversion. Module flag for same-run A/B timing.
 MAGIC = True
+# Large-M w4a16 (`dequant`): W = (q - z) s made from the same magic values, four K = 32 dots per pack
+# block against x as it is, instead of the byte unpack against an XLA-reordered copy of x. H100, M = 2048,
+# same process: 313-324 against 336-346 us (4096 x 4096), 827-846 against 855-879 (4096 x 11008), equal at
+# 11008 x 4096. On sm_90 the wrapper sends such M to XLA's program (w4a16_matmul.TRITON_MAX_M). Module
+# flag for A/B timing.
+MAGIC_DEQUANT = True
 # w4a8: unpack int4 -> int8 four values per 32-bit operation (`_word_unpack_block`): per-channel as
 # the sign-extended q, g128 as q * s_g. Module flag for same-run A/B timing against the byte unpack.
 WORD_UNPACK = True
@@ -75,7 +83,10 @@ def default_config(kernel: str, m: int) -> KernelConfig:
       return KernelConfig(block_m=16, block_n=64, block_k=256, num_warps=4, num_stages=2, split_k=8)
     return KernelConfig(block_m=16, block_n=32, block_k=256, num_warps=4, num_stages=4)
   if mb <= 64:  # mx unrolls block_k / 128 pack blocks per step: at 512 it spilled 544 B per thread
-    return KernelConfig(block_m=mb, block_n=64, block_k=256 if kernel == "mx" else 512, num_warps=4, num_stages=3)
+    # w4a16 at M = 64: a 16-bit x tile [64, 512] per stage asked 233472 B of shared memory, over the H100's 232448
+    # (the call failed to launch, 2026-12-06); block_k 256 halves it.
+    bk = 256 if kernel == "mx" or (kernel == "w4a16" and mb == 64) else 512
+    return KernelConfig(block_m=mb, block_n=64, block_k=bk, num_warps=4, num_stages=3)
   # 128 x 128 tiles on 8 warps: the sm_90 machine code of every 4-bit / MX kernel then fits the
   # register file. With 128 x 256 (8 warps) or 128 x 128 (4 warps) each hit 255 registers and
   # spilled 600-780 bytes per thread to local memory inside the main loop (the unpacked int4 tile
@@ -133,6 +144,23 @@ def _magic_block(w_ref, load_x, b, dtype):
     st = _const_dot(xt, p.shape[0], 1, jnp.float32)
     xs = st if xs is None else xs + st
   return d, xs
+
+
+def _magic_dequant_block(acc, w_ref, load_x, b, z, s, dtype):
+  """One pack block with W dequantized in registers (large M, where the MMA is the cost and a
+  per-group correction on the [bm, bn] accumulator would add more than the [bn, 128] dequant):
+  W = ((16 + q) - (z + 16)) s from `_magic_values`, rounded to x's dtype, and four K = 32 dots,
+  each straight onto acc, against the contiguous columns of x the storage order gives them.
+  z, s [1, bn] f32. Returns acc [bm, bn] f32 + x . W over the block."""
+  p = w_ref[:, pl.ds(b * (HALF // 4), HALF // 4)]  # [bn, 16] uint32
+  bn = p.shape[0]
+  zc = jnp.reshape(z + MAGIC_OFFSET, (bn, 1))
+  sc = jnp.reshape(s, (bn, 1))
+  for t in range(4):
+    w = ((_magic_values(p, t, dtype).astype(jnp.float32) - zc) * sc).astype(dtype)  # [bn, 32]
+    xt = load_x(b * PACK_BLOCK + t * (HALF // 2), HALF // 2)
+    acc = acc + jax.lax.dot_general(xt, w, _NT, preferred_element_type=jnp.float32)
+  return acc
 
 
 def _magic_values(p, t, dtype):
@@ -228,6 +256,9 @@ def _w4_kernel(*refs, plan, m, bm, nb, u, num_m, num_n, group_m, split_k, blocks
     if words:  # "sym": x . q; "qqq": x . (q s_g)
       sg = sg_ref[:, pl.ds(b // blocks_per_group, 1)] if words == "qqq" else None  # [bn, 1] int8
       return _word_unpack_block(acc, w_ref, load_x, b, sg)
+    if magic and dequant:
+      z, s = group_terms(b)
+      return _magic_dequant_block(acc, w_ref, load_x, b, z, s, x_ref.dtype)
     if magic:  # d = x . (16 + q): the offset joins the zero point
       z, s = group_terms(b)
       d, xs = _magic_block(w_ref, load_x, b, x_ref.dtype)
@@ -335,7 +366,7 @@ def w4_matmul(x, w_q, *, plan: _Plan, kernel: str, s_x=None, m_x=None, scale=Non
   if plan.has_zp:
     in_specs.append(pl.BlockSpec((bm,), row))
     args.append(m_x)
-  magic = (MAGIC and plan.xmode == "f16" and plan.wmode == "asym" and not dequant
+  magic = (MAGIC and plan.xmode == "f16" and plan.wmode == "asym" and (MAGIC_DEQUANT or not dequant)
            and jnp.dtype(x.dtype) in _MAGIC)
   if plan.wmode == "asym" and not magic:  # the halves unpack in storage order: x follows it
     args[0] = to_asym_storage_order(x)

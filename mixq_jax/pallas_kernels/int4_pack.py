@@ -27,7 +27,8 @@ k = 128 b + 64 e + 32 a + 2 j + h. Why: the decode kernel turns nibble position 
 the low half word's value first; in this order those 32 values are the contiguous columns
 [128 b + 32 (2 e + a), + 32) and meet x as it is. With the plain order the activations were
 reordered by an XLA pass on every call, which cost 1.2-1.9 us of a 10-26 us decode call on an
-H100 (BENCHMARKS.md, 2026-12-06). Paths that unpack the halves (large M, the XLA program) reorder x
+H100 (BENCHMARKS.md, 2026-12-06). The kernel's large-M path forms W from the same values and also reads x
+as it is; paths that unpack the halves (the byte unpack, `MAGIC = False`, and the XLA program) reorder x
 instead (`to_asym_storage_order(x)`), and `dequantize_w4_asym` / the reference undo the order.
 
 K that is not a multiple of PACK_BLOCK (or of the group) is zero padded here, at quantization

@@ -13,7 +13,8 @@ Exact vs rounded: q, zero and the products x * q are exact; the group partial su
 correction and the scaling are float32; the reference does the same algebra in float32 HIGHEST,
 so the two differ only by float32 summation order before the final cast. (A kernel that rounded
 the dequantized W to bf16 first, as AWQ's CUDA kernels do, would differ from both by ~2^-9.)
-Tuned for decode (M <= 16, split-K), correct for any M; any K (padded), N a multiple of 16.
+Tuned for decode (M <= 16, split-K), correct for any M; any K (padded), N a multiple of 16. On sm_90
+above TRITON_MAX_M tokens the wrapper runs XLA's dequantize-then-GEMM program instead (faster there).
 """
 
 import functools
@@ -25,8 +26,18 @@ from mixq_jax.pallas_kernels import _shapes
 from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, pad_x, w4_matmul
 from mixq_jax.pallas_kernels.configs import KernelConfig
 from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, from_asym_storage_order, unpack_int4
+from mixq_jax.pallas_kernels.w8a8_matmul_hopper import on_hopper
+from mixq_jax.pallas_kernels.xla_matmuls import w4a16_matmul_xla
 
 _STATIC = ("out_dtype", "interpret", "config")
+
+# On sm_90 (no explicit config), products of more than this many tokens run XLA's program: W dequantized
+# to x.dtype by XLA, then its 16-bit GEMM (xla_matmuls.w4a16_matmul_xla; W rounded as this kernel's
+# large-M path rounds it). H100, 2026-12-06 (BENCHMARKS.md, issue 8), us, this kernel against XLA's:
+# M = 32: 30.3 / 36.9 (4096 x 4096), 61.3 / 145.9 (8192 x 8192); M = 64: 46.5 / 39.4, 93.6 / 146.7;
+# M = 128: 80.8 / 43.8, 169.7 / 149.6; M = 2048: 317.6 / 143.6 (0.34x / 0.75x of bf16), 1260 / 574.
+# From M = 65 on this kernel runs 128-row tiles, so M = 128's times hold there.
+TRITON_MAX_M = 64
 
 
 def _check(x, w_q, scale, zero, bias):
@@ -60,8 +71,11 @@ def w4a16_matmul(
     interpret: bool = False,
     config: KernelConfig | None = None,
 ) -> jax.Array:  # [M, N]
-  """Pallas int4 (asymmetric, grouped) weight x 16-bit activation GEMM."""
-  _, _, kp = _check(x, w_q, scale, zero, bias)
+  """Pallas int4 (asymmetric, grouped) weight x 16-bit activation GEMM; on sm_90 without an explicit
+  config, from M = TRITON_MAX_M + 1 XLA's dequantize-then-GEMM program."""
+  m, _, kp = _check(x, w_q, scale, zero, bias)
+  if m > TRITON_MAX_M and on_hopper(interpret, config):
+    return w4a16_matmul_xla(x, w_q, scale, zero, bias, out_dtype=out_dtype)
   plan = _Plan(xmode="f16", wmode="asym", has_sx=False, has_sw=False, has_zp=False,
                has_bias=bias is not None, has_outliers=False)
   return w4_matmul(pad_x(x, kp), w_q, plan=plan, kernel="w4a16", scale=scale, zero=zero,

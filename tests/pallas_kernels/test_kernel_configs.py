@@ -15,6 +15,23 @@ def test_table_entries_are_valid():
     KernelConfig(**entry)
 
 
+# Bytes per activation element the 4-bit kernels stream through shared memory (mx: fp16 after its pass).
+_X_BYTES = {"w4a16": 2, "mx": 2, "w4a8": 1, "w4a8g": 1, "w4a4o16": 0.5}
+
+
+@pytest.mark.parametrize("kernel", _w4_common.KERNELS4)
+def test_w4_configs_fit_hopper_shared_memory(kernel):
+  """The pipelined x and packed-weight tiles of every 4-bit default and table entry fit the 227 KB an
+  H100 / H200 block may use (w4a16's M = 64 default once asked 233472 B and failed to launch)."""
+  cfgs = [(mb, _w4_common.default_config(kernel, mb)) for mb in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)]
+  cfgs += [(int(key.split("|")[2]), KernelConfig(**e)) for key, e in tuned_table.TABLE.items()
+           if key.split("|")[0] == kernel and key.split("|")[1] in ("h100", "h200")]
+  for mb, c in cfgs:
+    bm = min(c.block_m, mb)
+    per_stage = bm * c.block_k * _X_BYTES[kernel] + c.block_n * c.block_k // 2
+    assert c.num_stages * per_stage <= 232448, (mb, c)
+
+
 def test_w4_select_takes_the_tuned_entry_then_the_bucket_default(monkeypatch):
   tuned = {"block_m": 16, "block_n": 64, "block_k": 256, "num_warps": 4, "num_stages": 4, "split_k": 8}
   bucket = {"block_m": 16, "block_n": 32, "block_k": 512, "num_warps": 4, "num_stages": 4, "split_k": 2}

@@ -11,8 +11,8 @@ import pytest
 
 from kernel_testutil import keys, mosaic_gpu_test_mode, rand_int8, rand_scale, rel_err, small_hopper_config, w4a8_exact_case
 from mixq_jax.pallas_kernels import (mx, mx_matmul, w4a4o16_matmul_reference, w4a8_matmul,
-                                     w4a8_matmul_reference, w4_hopper)
-from mixq_jax.pallas_kernels.int4_pack import (pad_k, quantize_act4, quantize_w4_sym,
+                                     w4a8_matmul_reference, w4a16_matmul, w4a16_matmul_reference, w4_hopper)
+from mixq_jax.pallas_kernels.int4_pack import (pad_k, quantize_act4, quantize_w4_asym, quantize_w4_sym,
                                                row_sums)
 from mixq_jax.pallas_kernels.w8a8_matmul_hopper import HopperConfig, w4a8_matmul_hopper
 
@@ -92,7 +92,7 @@ def test_w4a4o16(asym):
 
 def test_dispatch(monkeypatch):
   """On sm_90: w4a8 (per-channel and g128) runs the Triton kernel below M = 1024 and the Mosaic GPU
-  kernel from there, mx from M = 256 XLA's program; elsewhere the Triton kernels (checked on the
+  kernel from there, mx from M = 256 XLA's program, w4a16 above M = 64 XLA's program; elsewhere the Triton kernels (checked on the
   lowered program, so it runs on the CPU too)."""
   hopper_mod = importlib.import_module("mixq_jax.pallas_kernels.w8a8_matmul_hopper")
   monkeypatch.setattr(hopper_mod, "is_hopper", lambda: True)
@@ -119,6 +119,26 @@ def test_dispatch(monkeypatch):
     x_e, x_s = mx.mx_quantize_act(jax.random.normal(kt, (m, k), jnp.bfloat16))
     text = lowered(lambda *a: mx_matmul(*a), x_e, x_s, wq)
     assert (backend in text) if backend else ("triton" not in text and "mosaic_gpu" not in text)
+  wa, sa, za = quantize_w4_asym(jax.random.normal(kw, (n, k)))
+  for m, backend in ((1, "triton"), (64, "triton"), (65, None), (1024, None)):
+    x = jax.random.normal(kt, (m, k), jnp.bfloat16)
+    text = lowered(lambda *a: w4a16_matmul(*a), x, wa, sa, za)
+    assert (backend in text) if backend else ("triton" not in text and "mosaic_gpu" not in text)
+
+
+def test_w4a16_xla_above_triton_max_m(monkeypatch):
+  """On sm_90, w4a16 above TRITON_MAX_M tokens is XLA's dequantize-then-GEMM program: it agrees with the
+  reference (W rounded to bf16, as the kernel's large-M path rounds it), with a bias and ragged K."""
+  hopper_mod = importlib.import_module("mixq_jax.pallas_kernels.w8a8_matmul_hopper")
+  monkeypatch.setattr(hopper_mod, "is_hopper", lambda: True)
+  kx, kw, kb = keys(3)
+  m, n, k = 70, 48, 576
+  x = jax.random.normal(kx, (m, k), jnp.bfloat16)
+  w_q, s, z = quantize_w4_asym(jax.random.normal(kw, (n, k)))
+  b = jax.random.normal(kb, (n,), jnp.bfloat16)
+  got = w4a16_matmul(x, w_q, s, z, b, out_dtype=jnp.float32)
+  want = w4a16_matmul_reference(x, w_q, s, z, b, out_dtype=jnp.float32)
+  assert 0 < rel_err(got, want) < 4e-3
 
 
 def test_rank1_needs_both_vectors():

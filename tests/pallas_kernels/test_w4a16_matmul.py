@@ -47,7 +47,7 @@ def test_w4a16_int4_to_float(magic, dtype, split_k, kernel_flag):
 
 
 @pytest.mark.parametrize("group", [256, 512])
-@pytest.mark.parametrize("magic,block_m", [(True, 16), (False, 16), (False, 64)])
+@pytest.mark.parametrize("magic,block_m", [(True, 16), (False, 16), (True, 64), (False, 64)])
 def test_w4a16_groups_wider_than_a_pack_block(group, magic, block_m, kernel_flag):
   """Groups of 256 / 512 columns span several pack blocks: each block's correction uses that block's
   own row sums (a group-wide sum per block counted the zero point twice; regression)."""
@@ -93,8 +93,11 @@ def test_w4a16_errors():
     w4a16_matmul(jnp.ones((2, 256), jnp.bfloat16), w_q.astype(jnp.int8), s, z)
 
 
-def test_w4a16_large_m_dequant_path():
-  """block_m >= 64 dequantizes W to bf16 in registers (rounded like AWQ): close, not exact."""
+@pytest.mark.parametrize("magic_dequant", [True, False])
+def test_w4a16_large_m_dequant_path(magic_dequant, kernel_flag):
+  """block_m >= 64 dequantizes W to bf16 in registers (rounded like AWQ): close, not exact. Both
+  forms: from the magic-number values against x as it is, and from the byte unpack against x reordered."""
+  kernel_flag(_w4_common, "MAGIC_DEQUANT", magic_dequant)
   kx, kw = keys(2)
   m, n, k = 70, 64, 576
   x = jax.random.normal(kx, (m, k), jnp.bfloat16)
