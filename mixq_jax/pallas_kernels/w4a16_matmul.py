@@ -26,6 +26,8 @@ from mixq_jax.pallas_kernels import _shapes
 from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, pad_x, w4_matmul
 from mixq_jax.pallas_kernels.configs import KernelConfig
 from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, from_asym_storage_order, unpack_int4
+from mixq_jax.pallas_kernels.w4a16_matmul_hopper import supported as hopper_supported
+from mixq_jax.pallas_kernels.w4a16_matmul_hopper import w4a16_matmul_hopper
 from mixq_jax.pallas_kernels.w8a8_matmul_hopper import on_hopper
 from mixq_jax.pallas_kernels.xla_matmuls import w4a16_matmul_xla
 
@@ -38,6 +40,9 @@ _STATIC = ("out_dtype", "interpret", "config")
 # M = 128: 80.8 / 43.8, 169.7 / 149.6; M = 2048: 317.6 / 143.6 (0.34x / 0.75x of bf16), 1260 / 574.
 # From M = 65 on this kernel runs 128-row tiles, so M = 128's times hold there.
 TRITON_MAX_M = 64
+# From this many tokens on sm_90, bf16 products whose shape fits run the Mosaic GPU kernel
+# (w4a16_matmul_hopper.py) instead of XLA's program; None: never.
+HOPPER_MIN_M = None
 
 
 def _check(x, w_q, scale, zero, bias):
@@ -75,6 +80,10 @@ def w4a16_matmul(
   config, from M = TRITON_MAX_M + 1 XLA's dequantize-then-GEMM program."""
   m, _, kp = _check(x, w_q, scale, zero, bias)
   if m > TRITON_MAX_M and on_hopper(interpret, config):
+    g = scale.shape[0]
+    if (HOPPER_MIN_M is not None and m >= HOPPER_MIN_M and x.dtype == jnp.bfloat16
+        and hopper_supported(w_q.shape[0], kp, kp // g)):
+      return w4a16_matmul_hopper(x, w_q, scale, zero, bias, out_dtype=out_dtype)
     return w4a16_matmul_xla(x, w_q, scale, zero, bias, out_dtype=out_dtype)
   plan = _Plan(xmode="f16", wmode="asym", has_sx=False, has_sw=False, has_zp=False,
                has_bias=bias is not None, has_outliers=False)

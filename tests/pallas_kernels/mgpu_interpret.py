@@ -4,7 +4,8 @@ jax's GPU interpreter reads wgmma operands as plain index ranges and multiplies 
 it fails on a transposed reference (int8 wgmma needs both operands K-major, so the int8 kernels
 pass their [N, K] weight tile transposed). `patch()` replaces its wgmma callback with the same
 steps (read A, B and the accumulator, add A @ B, store) where a trailing TransposeTransform is
-taken off the operand's transforms and applied to the values read. Tests only.
+taken off the operand's transforms and applied to the values read, and where an operand comes from
+registers (its value, not an allocation key; jax's callback reads every operand from memory). Tests only.
 """
 
 import jax
@@ -33,6 +34,8 @@ def _wgmma(*, token, device_id, grid_point_coords, thread_id, acc_allocation_key
                                        source_info=source_info)
 
   def read(key_arr, transforms):
+    if np.ndim(key_arr) == 2:  # an operand from registers (w4a16_matmul_hopper's A) is passed as its value
+      return np.asarray(key_arr)
     tr, perm = _split(gc._remove_noop_transforms(transforms))
     val, _, _ = mem.get_buffer_content(gc.HostAllocationKey.from_array(key_arr),
                                        interpret_utils.to_range(jax.tree.map(int, tr)), gtid, logging_info=log)

@@ -1,0 +1,203 @@
+"""W4A16 (AWQ g128) matmul for Hopper (sm_90) in Pallas Mosaic GPU, for prefill sizes: TMA loads, a
+warp-specialized pipeline, the weight dequantized in registers and fed to a bf16 wgmma from there.
+
+Shape letters: M tokens, N output features, Kp = K padded to 128, G = Kp / group.
+
+    y = x @ W.T (+ bias),   W[n, k] = (q[n, k] - zero[g, n]) * scale[g, n]    # as w4a16_matmul
+
+Why: XLA's program for this product writes W out in bf16 on every call and then runs its bf16 GEMM
+(0.61-0.76x of bf16 at M >= 1024 on an H100), and the Triton tile loop ran 0.28-0.37x there. Here the
+packed nibbles are what travels: the kernel computes the transposed product yT = W @ x.T, so the
+weight tile is wgmma's A operand, which may come from registers (as CUTLASS's mixed-input GEMMs pass
+the narrow type), and x's tile is the B operand in shared memory.
+
+The storage order (`int4_pack`, asymmetric order) is read as 16-bit words: word kk of a 128-column
+block holds, at bits [4 q, 4 q + 4), the value at column 32 q + kk. So `(word >> 4 q) & 15` over a
+[tile, 32] word tile is the weight's K quarter q in natural column order, and OR-ing 0x4300 makes it
+the bf16 128 + q exactly (the magic-number conversion; no int -> float convert). Each K step is one
+pack block: four quarters, each dequantized as (v - (128 + zero)) * scale in bf16 and multiplied by
+its [tile_m, 32] quarter of x (TMA'd as four 64-byte-swizzled tiles).
+
+Exact vs rounded: W is rounded to bf16 once ((q - zero) exact, times scale), as in
+`w4a16_matmul_xla` and AWQ's kernels; the wgmma accumulates in float32. The output tile is stored
+transposed ([N, M], yT) and transposed back by XLA: one pass over the output, which also adds a bias
+(the kernel then writes float32, so that y is rounded once). (A transposed store from the kernel failed
+Mosaic GPU's layout inference in jax 0.10; a bias loaded by TMA in the epilogue deadlocked its
+interpreter from the second tile per SM on.)
+
+Limits (the wrapper `w4a16_matmul` routes elsewhere otherwise): sm_90, bf16 x, N % (2 * tile_n) == 0,
+group a multiple of 128; M is padded to the tile. Runs on CPU in Mosaic GPU interpret mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK
+
+# The module itself: the package re-exports its function of the same name over the attribute.
+_h = importlib.import_module("mixq_jax.pallas_kernels.w8a8_matmul_hopper")
+
+QUARTER = PACK_BLOCK // 4  # K columns per magic-number extraction (one nibble position of a word)
+_MAGIC = 0x4300  # bf16 128.0: OR-ing a nibble q into its low mantissa bits gives 128 + q exactly
+
+
+@dataclasses.dataclass(frozen=True)
+class W4A16HopperConfig:
+  tile_n: int = 64        # weight rows per consumer warpgroup (wgmma M; the CTA has 2 * tile_n)
+  tile_m: int = 128       # tokens per CTA, shared by both warpgroups (wgmma N)
+  stages: int = 4         # TMA pipeline depth
+  grid_tile_width: int = 8
+  epi_tile_n: int = 64    # output staging width (tokens)
+  inflight: int = 0       # wgmmas left in flight at the end of a K step (0 or 4; 4: x tiles released a step late)
+
+
+def _plgpu():
+  from jax.experimental.pallas import mosaic_gpu as plgpu  # noqa: PLC0415
+
+  return plgpu
+
+
+def supported(n: int, kp: int, group: int, cfg: W4A16HopperConfig = W4A16HopperConfig()) -> bool:
+  """Whether the shape fits this kernel (the device and dtype checks are the caller's)."""
+  return n % (2 * cfg.tile_n) == 0 and kp % PACK_BLOCK == 0 and group % PACK_BLOCK == 0
+
+
+_SMEM_BYTES = _h._SMEM_BYTES
+
+
+def fit_stages(cfg: W4A16HopperConfig, out_size: int = 2) -> W4A16HopperConfig:
+  """`cfg` with as many pipeline stages (<= cfg.stages) as fit shared memory; ValueError below 2. Buffers
+  count rounded up to 1 KB, as w8a8_matmul_hopper's model of Mosaic GPU's allocator."""
+  kb = lambda b: -(-b // 1024) * 1024
+  tn, tm = cfg.tile_n, cfg.tile_m
+  step = 4 * kb(tm * QUARTER * 2) + kb(2 * tn * QUARTER * 2) + 2 * kb(2 * tn * 2)  # x quarters, words, scale, center
+  epi_m, epi_n, slots = _h._epi_dims(_out_cfg(cfg))
+  fixed = kb(2 * slots * epi_m * epi_n * out_size) + 512
+  stages = max((s for s in range(2, cfg.stages + 1) if s * step + fixed <= _SMEM_BYTES), default=None)
+  if stages is None:
+    raise ValueError(f"w4a16_matmul_hopper: {cfg} does not fit shared memory at 2 stages")
+  return dataclasses.replace(cfg, stages=stages)
+
+
+def _out_cfg(cfg: W4A16HopperConfig):
+  """The output tile [tile_n, tile_m] (yT) in the terms of w8a8_matmul_hopper's epilogue helpers."""
+  return _h.HopperConfig(tile_m=cfg.tile_n, tile_n=cfg.tile_m, epi_tile_n=cfg.epi_tile_n)
+
+
+def _kernel(x_gmem, w_gmem, s_gmem, c_gmem, out_gmem, *, cfg: W4A16HopperConfig, blocks_per_group: int):
+  plgpu = _plgpu()
+  m, kp = x_gmem.shape
+  n = w_gmem.shape[0]
+  tn, tm = cfg.tile_n, cfg.tile_m
+  cta_n = 2 * tn
+  m_iters, n_iters, k_iters = m // tm, n // cta_n, kp // PACK_BLOCK
+  q_transforms = (plgpu.TilingTransform((8, QUARTER)), plgpu.SwizzleTransform(2 * QUARTER))  # 64-byte rows
+
+  def spec(shape, index, transforms=()):
+    return plgpu.BlockSpec(shape, index, transforms=transforms, memory_space=plgpu.SMEM,
+                           delay_release=1 if cfg.inflight else 0)
+
+  in_specs = [spec((tm, QUARTER), functools.partial(lambda q, kk: (0, 4 * kk + q), q), q_transforms)
+              for q in range(4)]
+  in_specs += [spec((cta_n, QUARTER), lambda kk: (0, kk), q_transforms),       # packed words [cta_n, 32] u16
+               spec((1, cta_n), lambda kk: (kk // blocks_per_group, 0)),      # scale [1, cta_n] bf16
+               spec((1, cta_n), lambda kk: (kk // blocks_per_group, 0))]      # 128 + zero [1, cta_n] bf16
+
+  def get_pipeline(body, compute_context):
+    return plgpu.emit_pipeline_warp_specialized(
+        body, grid=(k_iters,), memory_registers=40, in_specs=in_specs, wg_axis="wg", num_compute_wgs=2,
+        max_concurrent_steps=cfg.stages, compute_context=compute_context)
+
+  ignore = lambda *_, **__: None
+
+  def pipeline_args(m_start, n_start):
+    x_rows = x_gmem.at[pl.ds(m_start, tm), :]
+    cols = pl.ds(n_start, cta_n)
+    return (x_rows,) * 4 + (w_gmem.at[cols, :], s_gmem.at[:, cols], c_gmem.at[:, cols])
+
+  ocfg = _out_cfg(cfg)
+
+  @functools.partial(
+      pl.run_scoped,
+      pipeline_allocs=get_pipeline(ignore, ignore).get_allocations(*pipeline_args(0, 0)),
+      out_smem=_h.output_staging(ocfg, out_gmem.dtype),
+      collective_axes="wg",
+  )
+  def _scope(pipeline_allocs, out_smem):
+    wg = lax.axis_index("wg")
+
+    @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
+    def _mn_loop(info):
+      (lin,) = info.index
+      mi, ni = plgpu.planar_snake(lin, (m_iters, n_iters), 1, cfg.grid_tile_width)
+      m_sl = pl.ds(mi * tm, tm)
+      n_sl = pl.ds(ni * cta_n + wg * tn, tn)  # this warpgroup's weight rows
+
+      def compute_context(eval_pipeline):
+        @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tn, tm), jnp.float32))
+        def _acc_scope(acc_ref):
+          eval_pipeline(acc_ref)
+          _h.store_tile(acc_ref[...], out_smem, out_gmem.at[n_sl, m_sl], wg, ocfg)
+
+      def body(_, xq0, xq1, xq2, xq3, w_smem, s_smem, c_smem, acc_ref):
+        rows = pl.ds(wg * tn, tn)
+        words = w_smem[rows, :]  # [tn, 32] uint16
+        scale = lax.broadcast_in_dim(s_smem[0, rows], (tn, QUARTER), [0])
+        center = lax.broadcast_in_dim(c_smem[0, rows], (tn, QUARTER), [0])
+        for q, xq in enumerate((xq0, xq1, xq2, xq3)):
+          nib = lax.shift_right_logical(words, jnp.uint16(4 * q)) & jnp.uint16(0xF) if q else words & jnp.uint16(0xF)
+          v = lax.bitcast_convert_type(nib | jnp.uint16(_MAGIC), jnp.bfloat16)  # 128 + q, exact
+          plgpu.wgmma(acc_ref, (v - center) * scale, plgpu.transpose_ref(xq, (1, 0)))
+        plgpu.wgmma_wait(cfg.inflight)
+        return acc_ref
+
+      get_pipeline(body, compute_context)(*pipeline_args(mi * tm, ni * cta_n), allocations=pipeline_allocs)
+
+  plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+
+_STATIC = ("out_dtype", "config", "interpret", "num_sms")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def w4a16_matmul_hopper(x, w_q, scale, zero, bias=None, *, out_dtype=None,
+                        config: W4A16HopperConfig = W4A16HopperConfig(), interpret: bool = False,
+                        num_sms: int | None = None):
+  """x bf16 [M, K], w_q uint8 [N, Kp/2] (int4_pack asymmetric order), scale / zero [G, N], bias [N] or
+  None -> [M, N] out_dtype (default bf16); the function of `w4a16_matmul` (W rounded to bf16 first)."""
+  if x.dtype != jnp.bfloat16:
+    raise ValueError(f"w4a16_matmul_hopper: x must be bf16 (the magic-number dequant is bf16's), got {x.dtype}")
+  n, kh = w_q.shape
+  kp = 2 * kh
+  g = scale.shape[0]
+  m, k = x.shape
+  if not supported(n, kp, kp // g, config):
+    raise ValueError(f"w4a16_matmul_hopper: N={n} must divide by {2 * config.tile_n}, Kp={kp} and the group "
+                     f"{kp // g} by {PACK_BLOCK}")
+  if k < kp:
+    x = jnp.pad(x, ((0, 0), (0, kp - k)))
+  mp = pl.cdiv(m, config.tile_m) * config.tile_m
+  if mp != m:
+    x = jnp.pad(x, ((0, mp - m), (0, 0)))
+  words = lax.bitcast_convert_type(w_q.reshape(n, kp // 4, 2), jnp.uint16)  # [N, Kp/4]: a free view
+  s16 = scale.astype(jnp.bfloat16)
+  c16 = (zero.astype(jnp.float32) + 128.0).astype(jnp.bfloat16)  # integers 128..143: exact
+  out_dtype = out_dtype or jnp.bfloat16
+  # The bias goes into XLA's transpose of the output (one fusion); the kernel then writes float32, so
+  # that y is rounded once.
+  kernel_out = out_dtype if bias is None else jnp.float32
+  cfg = fit_stages(config, jnp.dtype(kernel_out).itemsize)
+  body = functools.partial(_kernel, cfg=cfg, blocks_per_group=(kp // g) // PACK_BLOCK)
+  y_t = _h.launch(body, (n, mp), kernel_out, num_sms or _h.device_sm_count(), interpret)(x, words, s16, c16)
+  y = y_t[:, :m].T  # [M, N]
+  if bias is not None:
+    y = y + bias.astype(jnp.float32)[None, :]
+  return y.astype(out_dtype)

@@ -1,0 +1,85 @@
+"""The Hopper (Mosaic GPU) W4A16 kernel: interpret mode on CPU, natively on an sm_90 GPU."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from kernel_testutil import keys, mosaic_gpu_test_mode, rel_err
+from mixq_jax.pallas_kernels import w4a16_matmul_reference
+from mixq_jax.pallas_kernels.int4_pack import quantize_w4_asym
+from mixq_jax.pallas_kernels.w4a16_matmul_hopper import W4A16HopperConfig, w4a16_matmul_hopper
+from mixq_jax.pallas_kernels.xla_matmuls import w4a16_matmul_xla
+
+INTERPRET = mosaic_gpu_test_mode()
+SMALL = W4A16HopperConfig(tile_n=64, tile_m=64, stages=2, grid_tile_width=2)
+
+
+def _operands(m, n, k, group=128, bias=False):
+  kx, kw, kb = keys(3)
+  x = jax.random.normal(kx, (m, k), jnp.bfloat16)
+  w_q, s, z = quantize_w4_asym(jax.random.normal(kw, (n, k)), group=group)
+  b = jax.random.normal(kb, (n,), jnp.bfloat16) if bias else None
+  return x, w_q, s, z, b
+
+
+@pytest.mark.parametrize("m,n,k,group,bias,sms", [(64, 128, 128, 128, False, 1), (100, 256, 576, 128, True, 3),
+                                                   (3, 128, 1000, 256, False, 2)])
+def test_against_xla_program(m, n, k, group, bias, sms):
+  """Same rounding as XLA's program (W in bf16, float32 accumulation): agree to float32 summation order;
+  ragged M (padded rows), K not a multiple of 128 (zero-padded), groups of 1 and 2 pack blocks."""
+  x, w_q, s, z, b = _operands(m, n, k, group, bias)
+  got = w4a16_matmul_hopper(x, w_q, s, z, b, out_dtype=jnp.float32, config=SMALL, interpret=INTERPRET, num_sms=sms)
+  assert got.shape == (m, n) and got.dtype == jnp.float32
+  assert rel_err(got, w4a16_matmul_xla(x, w_q, s, z, b, out_dtype=jnp.float32)) < 1e-5
+  # W rounded to bf16 first: within bf16 rounding of the exact (float32) product
+  assert rel_err(got, w4a16_matmul_reference(x, w_q, s, z, b, out_dtype=jnp.float32)) < 8e-3
+
+
+def test_bf16_out_default():
+  x, w_q, s, z, b = _operands(70, 128, 256)
+  got = w4a16_matmul_hopper(x, w_q, s, z, config=SMALL, interpret=INTERPRET, num_sms=2)
+  assert got.dtype == jnp.bfloat16 and got.shape == (70, 128)
+  assert rel_err(got, w4a16_matmul_reference(x, w_q, s, z)) < 1e-2
+
+
+def test_rejects():
+  x, w_q, s, z, _ = _operands(8, 96, 256)
+  with pytest.raises(ValueError, match="N=96 must divide by 128"):
+    w4a16_matmul_hopper(x, w_q, s, z, config=SMALL, interpret=True)
+  x, w_q, s, z, _ = _operands(8, 128, 256)
+  with pytest.raises(ValueError, match="x must be bf16"):
+    w4a16_matmul_hopper(x.astype(jnp.float16), w_q, s, z, config=SMALL, interpret=True)
+
+
+@pytest.mark.skipif(INTERPRET, reason="full-size tiles: native GPU only")
+@pytest.mark.parametrize("m,n,k", [(2048, 4096, 4096), (1000, 11008, 4096), (513, 4096, 11008)])
+def test_default_config_native(m, n, k):
+  x, w_q, s, z, _ = _operands(m, n, k)
+  got = w4a16_matmul_hopper(x, w_q, s, z, out_dtype=jnp.float32)
+  assert rel_err(got, w4a16_matmul_xla(x, w_q, s, z, out_dtype=jnp.float32)) < 1e-5
+
+
+def test_dispatch_from_hopper_min_m(monkeypatch):
+  """With HOPPER_MIN_M set, w4a16_matmul on sm_90 runs this kernel for bf16 x from that M on where the
+  shape fits, XLA's program below it or where N does not fit (checked on the lowered programs)."""
+  import importlib  # noqa: PLC0415
+
+  from mixq_jax.pallas_kernels import w4a16_matmul  # noqa: PLC0415
+
+  hopper_mod = importlib.import_module("mixq_jax.pallas_kernels.w8a8_matmul_hopper")
+  w4a16_mod = importlib.import_module("mixq_jax.pallas_kernels.w4a16_matmul")
+  monkeypatch.setattr(hopper_mod, "is_hopper", lambda: True)
+  monkeypatch.setattr(hopper_mod, "device_sm_count", lambda: 132)
+  monkeypatch.setattr(w4a16_mod, "HOPPER_MIN_M", 256)
+
+  def backend(m, n, dtype=jnp.bfloat16):
+    x, w_q, s, z, _ = _operands(m, n, 256)
+    text = jax.jit(lambda *a: w4a16_matmul(*a)).trace(x.astype(dtype), w_q, s, z).lower(
+        lowering_platforms=("cuda",)).as_text()
+    return "mosaic_gpu" if "mosaic_gpu" in text else "triton" if "triton" in text else "xla"
+
+  assert backend(16, 256) == "triton"
+  assert backend(255, 256) == "xla"
+  assert backend(256, 256) == "mosaic_gpu"
+  assert backend(300, 192) == "xla"  # N not a multiple of 2 x 64
+  assert backend(300, 256, jnp.float16) == "xla"
