@@ -40,6 +40,9 @@ from mixq_jax.pallas_kernels.mx import MXWeights  # noqa: E402
 KINDS = ("w4a16", "w4a8", "w4a8g", "w4a4o16", "w4a4o16q", "mx", "mxmix", "mxfp8")
 # XLA's own program on the same packed weights (pallas_kernels/xla_matmuls.py): no config, same inputs.
 XLA_KINDS = ("xla_w4a16", "xla_w4a8", "xla_w4a8g", "xla_mx", "xla_mxmix")
+# Kernels called directly at their default config, whatever the wrapper would dispatch (sm_90 only).
+DIRECT_KINDS = ("w4a16_mosaic",)
+NO_CONFIG_KINDS = XLA_KINDS + DIRECT_KINDS
 C = gemm.N_OUTLIERS
 
 
@@ -54,7 +57,7 @@ def _e8m0(key, r, c, lo=122):
 
 
 def make_set(kind, m, n, k, i):
-  kind = kind.removeprefix("xla_").removesuffix("_triton")
+  kind = kind.removeprefix("xla_").removesuffix("_triton").removesuffix("_mosaic")
   ks = jax.random.split(gemm._key(kind, m, n, k, i), 8)
   g = k // 128
   if kind == "w4a16":
@@ -87,7 +90,7 @@ def make_set(kind, m, n, k, i):
 
 
 def set_bytes(kind, m, n, k):
-  kind = kind.removeprefix("xla_").removesuffix("_triton")
+  kind = kind.removeprefix("xla_").removesuffix("_triton").removesuffix("_mosaic")
   return {"w4a16": 2 * m * k + n * k // 2 + 4 * n * k // 128,
           "w4a8": m * k + n * k // 2, "w4a8g": m * k + n * k // 2 + n * k // 128,
           "w4a4o16": (m + n) * k // 2 + 2 * C * (m + n),
@@ -101,6 +104,10 @@ def kernel_fn(kind):
   kw = dict(interpret=True) if gemm.INTERPRET else {}
   if kind == "xla_w4a16":
     return xla_matmuls.w4a16_matmul_xla, pk.w4a16_matmul_reference
+  if kind == "w4a16_mosaic":
+    if gemm.INTERPRET:
+      raise ValueError("w4a16_mosaic (the Mosaic GPU kernel) runs on sm_90 GPUs only")
+    return pk.w4a16_matmul_hopper, pk.w4a16_matmul_reference
   if kind == "xla_w4a8":
     return xla_matmuls.w4a8_matmul_xla, pk.w4a8_matmul_reference
   if kind == "xla_w4a8g":
@@ -141,10 +148,10 @@ def run_one(kind, m, n, k, samples, config=None):
   if kind.endswith("_triton"):  # an explicit config keeps the Pallas Triton kernel on sm_90
     kind = kind.removesuffix("_triton")
     config = config or pk_select(kind, m, n, k)
+  if config is not None and kind in NO_CONFIG_KINDS:
+    raise ValueError(f"{kind} takes no config (XLA's program, or a kernel at its default)")
   fn, ref = kernel_fn(kind)
   if config is not None:
-    if kind in XLA_KINDS:
-      raise ValueError(f"{kind} is XLA's program: it takes no config")
     fn = functools.partial(fn, config=config)
   sets, t_est = inputs(kind, m, n, k)
   err = gemm.max_rel_err(fn(*sets[0]), ref(*sets[0]))
@@ -251,9 +258,10 @@ def main():
   p.add_argument("--models", default="7b,70b", help="comma list of model shape sets from bench/gemm.py (7b, 70b, extra, tiny)")
   p.add_argument("--shapes", default=None, help="comma list of shape names to keep (e.g. qkvo,q_o)")
   p.add_argument("--ms", default="1,16,1024,4096", help="comma list of token counts M")
-  p.add_argument("--kernels", default=",".join(KINDS), help="comma list of " + ",".join(KINDS + XLA_KINDS)
+  p.add_argument("--kernels", default=",".join(KINDS), help="comma list of " + ",".join(KINDS + NO_CONFIG_KINDS)
                  + "; KIND_triton forces the Pallas Triton kernel (the plain name goes through the wrapper's "
-                 "dispatch, which on sm_90 may run XLA's program or the Mosaic GPU kernels)")
+                 "dispatch, which on sm_90 may run XLA's program or the Mosaic GPU kernels); w4a16_mosaic is "
+                 "the sm_90 Mosaic GPU w4a16 kernel (w4a16_matmul_hopper) called directly")
   p.add_argument("--samples", type=int, default=25, help="timed samples per kernel (median kept; default 25)")
   p.add_argument("--configs", default=None, metavar="BM,BN,BK,W,S[,SPLIT];...",
                  help="also time every kernel with each of these configs (block_m, block_n, block_k, warps, "
@@ -289,7 +297,7 @@ def main():
     row = {"shape": label, "M": m, "N": n, "K": k, "bf16": t_bf16 * 1e6}
     print(f"{label} M={m}: bf16 {t_bf16 * 1e6:.1f} us", flush=True)
     for kind in kinds:
-      for cfg in [None] + (extra if kind not in XLA_KINDS else []):
+      for cfg in [None] + (extra if kind not in NO_CONFIG_KINDS else []):
         col = kind if cfg is None else f"{kind}@{_cfg_name(cfg)}"
         if cfg is not None:
           cfg = dataclasses.replace(cfg, block_m=min(cfg.block_m, max(16, configs.m_bucket(m))))
@@ -301,8 +309,10 @@ def main():
           continue
         cols += [col] if col not in cols else []
         row[col] = (t * 1e6, t_bf16 / t, err)
-        path, config = ("xla", None) if kind in XLA_KINDS else (
-            ("triton", cfg.to_dict()) if cfg is not None else dispatch(kind, m, n, k))
+        if kind in NO_CONFIG_KINDS:
+          path, config = ("xla" if kind in XLA_KINDS else "mosaic: " + kind), None
+        else:
+          path, config = ("triton", cfg.to_dict()) if cfg is not None else dispatch(kind, m, n, k)
         records.append(dict(kernel=kind, M=m, N=n, K=k, shape=label, time_us=t * 1e6, bf16_time_us=t_bf16 * 1e6,
                             speedup=t_bf16 / t, max_rel_err=err, path=path, config=config))
         if LAST_PROFILE is not None:

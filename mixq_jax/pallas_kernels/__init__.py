@@ -68,6 +68,7 @@ __all__ += ["HopperConfig", "w8a8_matmul_hopper", "w8a8o16_matmul_hopper"]
 from mixq_jax.pallas_kernels import int4_pack, mx, xla_matmuls  # noqa: E402
 from mixq_jax.pallas_kernels.mx_matmul import mx_matmul, mx_matmul_reference  # noqa: E402
 from mixq_jax.pallas_kernels.w4a16_matmul import w4a16_matmul, w4a16_matmul_reference  # noqa: E402
+from mixq_jax.pallas_kernels.w4a16_matmul_hopper import W4A16HopperConfig, w4a16_matmul_hopper  # noqa: E402
 from mixq_jax.pallas_kernels.w4a4o16_matmul import (  # noqa: E402
     w4a4o16_matmul,
     w4a4o16_matmul_reference,
@@ -82,6 +83,8 @@ __all__ += [
     "mx_matmul_reference",
     "w4a16_matmul",
     "w4a16_matmul_reference",
+    "W4A16HopperConfig",
+    "w4a16_matmul_hopper",
     "w4a4o16_matmul",
     "w4a4o16_matmul_reference",
     "w4a8_matmul",

@@ -89,3 +89,15 @@ def test_device_time_records_a_profile(tmp_path, monkeypatch, capsys):
   (rec,) = json.loads(out.read_text())["records"]
   assert rec["device_us"] > 0 and rec["kernels_per_call"] > 0 and rec["bf16_device_us"] > 0
   assert "| tiny/tiny | 1 | w4a8 |" in capsys.readouterr().out
+
+
+def test_mosaic_kind_takes_no_config_and_names_its_device():
+  """w4a16_mosaic calls the Mosaic GPU kernel at its default: no --configs sweep, and on the CPU a clear error."""
+  from mixq_jax.pallas_kernels import KernelConfig  # noqa: PLC0415
+
+  assert "w4a16_mosaic" in gemm4.NO_CONFIG_KINDS and "w4a16_mosaic" not in gemm4.XLA_KINDS
+  with pytest.raises(ValueError, match="takes no config"):
+    gemm4.run_one("w4a16_mosaic", 16, 256, 256, 1, KernelConfig())
+  if gemm4.gemm.INTERPRET:
+    with pytest.raises(ValueError, match="sm_90"):
+      gemm4.run_one("w4a16_mosaic", 16, 256, 256, 1)
