@@ -83,3 +83,14 @@ def test_dispatch_from_hopper_min_m(monkeypatch):
   assert backend(256, 256) == "mosaic_gpu"
   assert backend(300, 192) == "xla"  # N not a multiple of 2 x 64
   assert backend(300, 256, jnp.float16) == "xla"
+
+
+def test_fit_stages():
+  """Pipeline depth cut to the 227 KB of shared memory (per stage: x 256 B x tile_m, packed words, vectors)."""
+  from mixq_jax.pallas_kernels.w4a16_matmul_hopper import fit_stages  # noqa: PLC0415
+
+  assert fit_stages(W4A16HopperConfig(64, 128, 4)).stages == 4
+  assert fit_stages(W4A16HopperConfig(128, 128, 4)).stages == 3
+  assert fit_stages(W4A16HopperConfig(64, 256, 4)).stages == 2
+  with pytest.raises(ValueError, match="does not fit"):
+    fit_stages(W4A16HopperConfig(64, 512, 4))
