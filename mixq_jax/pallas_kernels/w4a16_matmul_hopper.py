@@ -179,6 +179,9 @@ def w4a16_matmul_hopper(x, w_q, scale, zero, bias=None, *, out_dtype=None,
   kp = 2 * kh
   g = scale.shape[0]
   m, k = x.shape
+  if k > kp or scale.shape != (g, n) or zero.shape != (g, n) or g == 0 or kp % g:
+    raise ValueError(f"w4a16_matmul_hopper: x.shape={x.shape}, w_q.shape={w_q.shape}, scale.shape={scale.shape}, "
+                     f"zero.shape={zero.shape}; expected K <= Kp={kp} and scale / zero (G, {n}) with G dividing Kp")
   if not supported(n, kp, kp // g, config):
     raise ValueError(f"w4a16_matmul_hopper: N={n} must divide by {2 * config.tile_n}, Kp={kp} and the group "
                      f"{kp // g} by {PACK_BLOCK}")
