@@ -14,7 +14,8 @@ correction and the scaling are float32; the reference does the same algebra in f
 so the two differ only by float32 summation order before the final cast. (A kernel that rounded
 the dequantized W to bf16 first, as AWQ's CUDA kernels do, would differ from both by ~2^-9.)
 Tuned for decode (M <= 16, split-K), correct for any M; any K (padded), N a multiple of 16. On sm_90
-above TRITON_MAX_M tokens the wrapper runs XLA's dequantize-then-GEMM program instead (faster there).
+above TRITON_MAX_M tokens the wrapper runs the Mosaic GPU kernel `w4a16_matmul_hopper` (bf16 x, N a
+multiple of 128) or else XLA's dequantize-then-GEMM program (both faster there).
 """
 
 import functools
@@ -26,9 +27,10 @@ from mixq_jax.pallas_kernels import _shapes
 from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, pad_x, w4_matmul
 from mixq_jax.pallas_kernels.configs import KernelConfig
 from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, from_asym_storage_order, unpack_int4
+from mixq_jax.pallas_kernels.w4a16_matmul_hopper import pick_config as hopper_config
 from mixq_jax.pallas_kernels.w4a16_matmul_hopper import supported as hopper_supported
 from mixq_jax.pallas_kernels.w4a16_matmul_hopper import w4a16_matmul_hopper
-from mixq_jax.pallas_kernels.w8a8_matmul_hopper import on_hopper
+from mixq_jax.pallas_kernels.w8a8_matmul_hopper import device_sm_count, on_hopper
 from mixq_jax.pallas_kernels.xla_matmuls import w4a16_matmul_xla
 
 _STATIC = ("out_dtype", "interpret", "config")
@@ -41,8 +43,11 @@ _STATIC = ("out_dtype", "interpret", "config")
 # From M = 65 on this kernel runs 128-row tiles, so M = 128's times hold there.
 TRITON_MAX_M = 64
 # From this many tokens on sm_90, bf16 products whose shape fits run the Mosaic GPU kernel
-# (w4a16_matmul_hopper.py) instead of XLA's program; None: never.
-HOPPER_MIN_M = None
+# (w4a16_matmul_hopper.py, config from its pick_config) instead of XLA's program; None: never. H100,
+# 2026-12-06 23:03 UTC (BENCHMARKS.md, issue 8), ratio to bf16, XLA's program -> the kernel: M = 128:
+# 0.54x -> 0.60x (4096 x 4096); M = 256: 0.39x -> 0.78x (8192 x 8192); M = 1024: 0.60-0.65x -> 0.76-0.83x;
+# M = 2048: 0.69-0.79x -> 0.83-0.91x; M = 4096: 0.77x -> 0.82x. From M = 65 the kernel pads to 128 tokens.
+HOPPER_MIN_M = TRITON_MAX_M + 1
 
 
 def _check(x, w_q, scale, zero, bias):
@@ -77,13 +82,14 @@ def w4a16_matmul(
     config: KernelConfig | None = None,
 ) -> jax.Array:  # [M, N]
   """Pallas int4 (asymmetric, grouped) weight x 16-bit activation GEMM; on sm_90 without an explicit
-  config, from M = TRITON_MAX_M + 1 XLA's dequantize-then-GEMM program."""
+  config, from M = TRITON_MAX_M + 1 the Mosaic GPU kernel where the shape fits, else XLA's program."""
   m, _, kp = _check(x, w_q, scale, zero, bias)
   if m > TRITON_MAX_M and on_hopper(interpret, config):
-    g = scale.shape[0]
+    n, group = w_q.shape[0], kp // scale.shape[0]
+    cfg = hopper_config(m, n, kp, group, device_sm_count())
     if (HOPPER_MIN_M is not None and m >= HOPPER_MIN_M and x.dtype == jnp.bfloat16
-        and hopper_supported(w_q.shape[0], kp, kp // g)):
-      return w4a16_matmul_hopper(x, w_q, scale, zero, bias, out_dtype=out_dtype)
+        and hopper_supported(n, kp, group, cfg)):
+      return w4a16_matmul_hopper(x, w_q, scale, zero, bias, out_dtype=out_dtype, config=cfg)
     return w4a16_matmul_xla(x, w_q, scale, zero, bias, out_dtype=out_dtype)
   plan = _Plan(xmode="f16", wmode="asym", has_sx=False, has_sw=False, has_zp=False,
                has_bias=bias is not None, has_outliers=False)

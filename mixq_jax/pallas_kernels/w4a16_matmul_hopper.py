@@ -25,8 +25,16 @@ transposed ([N, M], yT) and transposed back by XLA: one pass over the output, wh
 Mosaic GPU's layout inference in jax 0.10; a bias loaded by TMA in the epilogue deadlocked its
 interpreter from the second tile per SM on.)
 
+With split_k > 1 each output tile's K range is cut into split_k runs of whole groups, each a work item of
+its own writing float32 partials [split_k, N, M] that XLA sums in the transpose (for few tokens, where the
+output tiles alone leave SMs idle).
+
+Timed (H100, BENCHMARKS.md issue 8): 0.76-0.91x of bf16 from M = 512, 1.1-2.0x faster than XLA's program;
+`w4a16_matmul` dispatches here from M = 65. Four wgmmas left in flight per step gave wrong results natively,
+so each step waits for its own.
+
 Limits (the wrapper `w4a16_matmul` routes elsewhere otherwise): sm_90, bf16 x, N % (2 * tile_n) == 0,
-group a multiple of 128; M is padded to the tile. Runs on CPU in Mosaic GPU interpret mode.
+group a multiple of 128, G % split_k == 0; M is padded to the tile. Runs on CPU in Mosaic GPU interpret mode.
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ class W4A16HopperConfig:
   stages: int = 4         # TMA pipeline depth
   grid_tile_width: int = 8
   epi_tile_n: int = 64    # output staging width (tokens)
-  inflight: int = 0       # wgmmas left in flight at the end of a K step (0 or 4; 4: x tiles released a step late)
+  split_k: int = 1        # K ranges per output tile, summed by XLA (fills the SMs when N / (2 tile_n) is small)
 
 
 def _plgpu():
@@ -66,11 +74,35 @@ def _plgpu():
 
 
 def supported(n: int, kp: int, group: int, cfg: W4A16HopperConfig = W4A16HopperConfig()) -> bool:
-  """Whether the shape fits this kernel (the device and dtype checks are the caller's)."""
-  return n % (2 * cfg.tile_n) == 0 and kp % PACK_BLOCK == 0 and group % PACK_BLOCK == 0
+  """Whether the shape fits this kernel (the device and dtype checks are the caller's): each of the
+  split_k K ranges must hold whole groups."""
+  if n % (2 * cfg.tile_n) or kp % PACK_BLOCK or group % PACK_BLOCK or kp % group:
+    return False
+  groups = kp // group
+  return cfg.split_k >= 1 and groups % cfg.split_k == 0
 
 
 _SMEM_BYTES = _h._SMEM_BYTES
+
+
+def pick_config(m: int, n: int, kp: int, group: int, sms: int = 132) -> W4A16HopperConfig:
+  """The config the wrapper runs for an [m, kp] x [n, kp] product (H100 timings in BENCHMARKS.md, issue 8).
+
+  Decode sizes (m <= 64; not dispatched here, the Triton kernel runs them) take the narrowest token tile and
+  split K until the output tiles times the splits fill the SMs; prefill sizes take 64 x 128 tiles to m = 256, 64 x 256 on large layers to m = 2048, else
+  128 x 128 (64 x 128 where N is not a multiple of 256)."""
+  if m <= 64:
+    tm = 16 if m <= 16 else 32 if m <= 32 else 64
+    tiles = (n // 128) * -(-m // tm)
+    groups = kp // group
+    splits = [d for d in range(1, 17) if groups % d == 0]
+    split = next((d for d in splits if tiles * d >= sms), splits[-1])
+    return W4A16HopperConfig(tile_n=64, tile_m=tm, stages=6, epi_tile_n=tm, split_k=split)
+  if m <= 256:
+    return W4A16HopperConfig(tile_n=64, tile_m=128, stages=4)
+  if m <= 2048 and n * kp >= 8192 * 8192:
+    return W4A16HopperConfig(tile_n=64, tile_m=256, stages=3)
+  return W4A16HopperConfig(tile_n=128 if n % 256 == 0 else 64, tile_m=128, stages=4)
 
 
 def fit_stages(cfg: W4A16HopperConfig, out_size: int = 2) -> W4A16HopperConfig:
@@ -98,12 +130,13 @@ def _kernel(x_gmem, w_gmem, s_gmem, c_gmem, out_gmem, *, cfg: W4A16HopperConfig,
   n = w_gmem.shape[0]
   tn, tm = cfg.tile_n, cfg.tile_m
   cta_n = 2 * tn
-  m_iters, n_iters, k_iters = m // tm, n // cta_n, kp // PACK_BLOCK
+  splits = cfg.split_k
+  m_iters, n_iters, k_iters = m // tm, n // cta_n, kp // PACK_BLOCK // splits  # k_iters: one split's
+  groups = k_iters // blocks_per_group
   q_transforms = (plgpu.TilingTransform((8, QUARTER)), plgpu.SwizzleTransform(2 * QUARTER))  # 64-byte rows
 
   def spec(shape, index, transforms=()):
-    return plgpu.BlockSpec(shape, index, transforms=transforms, memory_space=plgpu.SMEM,
-                           delay_release=1 if cfg.inflight else 0)
+    return plgpu.BlockSpec(shape, index, transforms=transforms, memory_space=plgpu.SMEM)
 
   in_specs = [spec((tm, QUARTER), functools.partial(lambda q, kk: (0, 4 * kk + q), q), q_transforms)
               for q in range(4)]
@@ -118,26 +151,29 @@ def _kernel(x_gmem, w_gmem, s_gmem, c_gmem, out_gmem, *, cfg: W4A16HopperConfig,
 
   ignore = lambda *_, **__: None
 
-  def pipeline_args(m_start, n_start):
-    x_rows = x_gmem.at[pl.ds(m_start, tm), :]
+  def pipeline_args(m_start, n_start, split):
+    x_rows = x_gmem.at[pl.ds(m_start, tm), pl.ds(split * k_iters * PACK_BLOCK, k_iters * PACK_BLOCK)]
     cols = pl.ds(n_start, cta_n)
-    return (x_rows,) * 4 + (w_gmem.at[cols, :], s_gmem.at[:, cols], c_gmem.at[:, cols])
+    w_cols = pl.ds(split * k_iters * QUARTER, k_iters * QUARTER)
+    g_rows = pl.ds(split * groups, groups)
+    return (x_rows,) * 4 + (w_gmem.at[cols, w_cols], s_gmem.at[g_rows, cols], c_gmem.at[g_rows, cols])
 
   ocfg = _out_cfg(cfg)
 
   @functools.partial(
       pl.run_scoped,
-      pipeline_allocs=get_pipeline(ignore, ignore).get_allocations(*pipeline_args(0, 0)),
+      pipeline_allocs=get_pipeline(ignore, ignore).get_allocations(*pipeline_args(0, 0, 0)),
       out_smem=_h.output_staging(ocfg, out_gmem.dtype),
       collective_axes="wg",
   )
   def _scope(pipeline_allocs, out_smem):
     wg = lax.axis_index("wg")
 
-    @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
+    @plgpu.nd_loop((m_iters * n_iters * splits,), collective_axes="sm")
     def _mn_loop(info):
       (lin,) = info.index
-      mi, ni = plgpu.planar_snake(lin, (m_iters, n_iters), 1, cfg.grid_tile_width)
+      split = lin % splits  # the splits of one output tile run side by side (they share x's rows)
+      mi, ni = plgpu.planar_snake(lin // splits, (m_iters, n_iters), 1, cfg.grid_tile_width)
       m_sl = pl.ds(mi * tm, tm)
       n_sl = pl.ds(ni * cta_n + wg * tn, tn)  # this warpgroup's weight rows
 
@@ -145,7 +181,7 @@ def _kernel(x_gmem, w_gmem, s_gmem, c_gmem, out_gmem, *, cfg: W4A16HopperConfig,
         @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tn, tm), jnp.float32))
         def _acc_scope(acc_ref):
           eval_pipeline(acc_ref)
-          _h.store_tile(acc_ref[...], out_smem, out_gmem.at[n_sl, m_sl], wg, ocfg)
+          _h.store_tile(acc_ref[...], out_smem, out_gmem.at[split, n_sl, m_sl], wg, ocfg)
 
       def body(_, xq0, xq1, xq2, xq3, w_smem, s_smem, c_smem, acc_ref):
         rows = pl.ds(wg * tn, tn)
@@ -156,10 +192,10 @@ def _kernel(x_gmem, w_gmem, s_gmem, c_gmem, out_gmem, *, cfg: W4A16HopperConfig,
           nib = lax.shift_right_logical(words, jnp.uint16(4 * q)) & jnp.uint16(0xF) if q else words & jnp.uint16(0xF)
           v = lax.bitcast_convert_type(nib | jnp.uint16(_MAGIC), jnp.bfloat16)  # 128 + q, exact
           plgpu.wgmma(acc_ref, (v - center) * scale, plgpu.transpose_ref(xq, (1, 0)))
-        plgpu.wgmma_wait(cfg.inflight)
+        plgpu.wgmma_wait(0)
         return acc_ref
 
-      get_pipeline(body, compute_context)(*pipeline_args(mi * tm, ni * cta_n), allocations=pipeline_allocs)
+      get_pipeline(body, compute_context)(*pipeline_args(mi * tm, ni * cta_n, split), allocations=pipeline_allocs)
 
   plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
@@ -183,8 +219,8 @@ def w4a16_matmul_hopper(x, w_q, scale, zero, bias=None, *, out_dtype=None,
     raise ValueError(f"w4a16_matmul_hopper: x.shape={x.shape}, w_q.shape={w_q.shape}, scale.shape={scale.shape}, "
                      f"zero.shape={zero.shape}; expected K <= Kp={kp} and scale / zero (G, {n}) with G dividing Kp")
   if not supported(n, kp, kp // g, config):
-    raise ValueError(f"w4a16_matmul_hopper: N={n} must divide by {2 * config.tile_n}, Kp={kp} and the group "
-                     f"{kp // g} by {PACK_BLOCK}")
+    raise ValueError(f"w4a16_matmul_hopper: N={n} must divide by {2 * config.tile_n}, the group {kp // g} by "
+                     f"{PACK_BLOCK} and the G={g} groups by split_k={config.split_k}")
   if k < kp:
     x = jnp.pad(x, ((0, 0), (0, kp - k)))
   mp = pl.cdiv(m, config.tile_m) * config.tile_m
@@ -196,11 +232,12 @@ def w4a16_matmul_hopper(x, w_q, scale, zero, bias=None, *, out_dtype=None,
   out_dtype = out_dtype or jnp.bfloat16
   # The bias goes into XLA's transpose of the output (one fusion); the kernel then writes float32, so
   # that y is rounded once.
-  kernel_out = out_dtype if bias is None else jnp.float32
+  kernel_out = out_dtype if bias is None and config.split_k == 1 else jnp.float32
   cfg = fit_stages(config, jnp.dtype(kernel_out).itemsize)
   body = functools.partial(_kernel, cfg=cfg, blocks_per_group=(kp // g) // PACK_BLOCK)
-  y_t = _h.launch(body, (n, mp), kernel_out, num_sms or _h.device_sm_count(), interpret)(x, words, s16, c16)
-  y = y_t[:, :m].T  # [M, N]
+  y_t = _h.launch(body, (cfg.split_k, n, mp), kernel_out, num_sms or _h.device_sm_count(),
+                  interpret)(x, words, s16, c16)  # [S, N, Mp]
+  y = y_t[:, :, :m].sum(axis=0).T  # [M, N]
   if bias is not None:
     y = y + bias.astype(jnp.float32)[None, :]
   return y.astype(out_dtype)

@@ -60,6 +60,10 @@ def test_dispatch_names_the_program_the_wrapper_runs(monkeypatch):
   assert gemm4.dispatch("w4a8", 16, 8192, 8192)[0] == "triton"
   assert gemm4.dispatch("w4a8_triton", 1024, 8192, 8192)[0] == "triton"
   assert gemm4.dispatch("mx", 256, 8192, 8192) == ("xla: decode + bf16 GEMM", None)
+  path, cfg = gemm4.dispatch("w4a16", 2048, 8192, 8192)
+  assert path == "mosaic: w4a16_matmul_hopper" and cfg["tile_m"] == 256
+  assert gemm4.dispatch("w4a16", 2048, 4096, 4096)[1]["tile_n"] == 128
+  assert gemm4.dispatch("w4a16", 1024, 4096 + 64, 4096) == ("xla: dequantize + bf16 GEMM", None)
   monkeypatch.setattr(hopper, "is_hopper", lambda: False)
   assert gemm4.dispatch("w4a8", 1024, 8192, 8192)[0] == "triton"
 

@@ -35,6 +35,17 @@ def test_against_xla_program(m, n, k, group, bias, sms):
   assert rel_err(got, w4a16_matmul_reference(x, w_q, s, z, b, out_dtype=jnp.float32)) < 8e-3
 
 
+@pytest.mark.parametrize("m,k,group,split,tile_m,bias", [(5, 512, 128, 4, 16, False), (20, 1000, 256, 2, 16, True),
+                                                         (40, 384, 128, 3, 32, False)])
+def test_split_k(m, k, group, split, tile_m, bias):
+  """Decode-size tiles with K split into ranges of whole groups, summed by XLA (and the bias added once)."""
+  x, w_q, s, z, b = _operands(m, 256, k, group, bias)
+  cfg = W4A16HopperConfig(tile_n=64, tile_m=tile_m, stages=3, grid_tile_width=2, epi_tile_n=tile_m, split_k=split)
+  got = w4a16_matmul_hopper(x, w_q, s, z, b, out_dtype=jnp.float32, config=cfg, interpret=INTERPRET, num_sms=3)
+  assert got.shape == (m, 256)
+  assert rel_err(got, w4a16_matmul_xla(x, w_q, s, z, b, out_dtype=jnp.float32)) < 1e-5
+
+
 def test_bf16_out_default():
   x, w_q, s, z, b = _operands(70, 128, 256)
   got = w4a16_matmul_hopper(x, w_q, s, z, config=SMALL, interpret=INTERPRET, num_sms=2)
@@ -53,6 +64,8 @@ def test_rejects():
     w4a16_matmul_hopper(jnp.ones((8, 384), jnp.bfloat16), w_q, s, z, config=SMALL, interpret=True)
   with pytest.raises(ValueError, match="scale / zero"):
     w4a16_matmul_hopper(x, w_q, s[:, :64], z, config=SMALL, interpret=True)
+  with pytest.raises(ValueError, match="G=2 groups by split_k=4"):
+    w4a16_matmul_hopper(x, w_q, s, z, config=W4A16HopperConfig(64, 64, 2, split_k=4), interpret=True)
 
 
 @pytest.mark.skipif(INTERPRET, reason="full-size tiles: native GPU only")
@@ -64,8 +77,9 @@ def test_default_config_native(m, n, k):
 
 
 def test_dispatch_from_hopper_min_m(monkeypatch):
-  """With HOPPER_MIN_M set, w4a16_matmul on sm_90 runs this kernel for bf16 x from that M on where the
-  shape fits, XLA's program below it or where N does not fit (checked on the lowered programs)."""
+  """w4a16_matmul on sm_90 runs this kernel for bf16 x from HOPPER_MIN_M on where the shape fits (with
+  pick_config's tiles), the Triton kernel below it, XLA's program where N or the dtype does not fit
+  (checked on the lowered programs)."""
   import importlib  # noqa: PLC0415
 
   from mixq_jax.pallas_kernels import w4a16_matmul  # noqa: PLC0415
@@ -74,7 +88,8 @@ def test_dispatch_from_hopper_min_m(monkeypatch):
   w4a16_mod = importlib.import_module("mixq_jax.pallas_kernels.w4a16_matmul")
   monkeypatch.setattr(hopper_mod, "is_hopper", lambda: True)
   monkeypatch.setattr(hopper_mod, "device_sm_count", lambda: 132)
-  monkeypatch.setattr(w4a16_mod, "HOPPER_MIN_M", 256)
+  monkeypatch.setattr(w4a16_mod, "device_sm_count", lambda: 132)
+  assert w4a16_mod.HOPPER_MIN_M == w4a16_mod.TRITON_MAX_M + 1
 
   def backend(m, n, dtype=jnp.bfloat16):
     x, w_q, s, z, _ = _operands(m, n, 256)
@@ -82,11 +97,30 @@ def test_dispatch_from_hopper_min_m(monkeypatch):
         lowering_platforms=("cuda",)).as_text()
     return "mosaic_gpu" if "mosaic_gpu" in text else "triton" if "triton" in text else "xla"
 
+  lo = w4a16_mod.HOPPER_MIN_M
   assert backend(16, 256) == "triton"
-  assert backend(255, 256) == "xla"
-  assert backend(256, 256) == "mosaic_gpu"
+  assert backend(lo - 1, 256) == "triton"
+  assert backend(lo, 256) == "mosaic_gpu"
+  assert backend(300, 384) == "mosaic_gpu"  # N not a multiple of 256: 64-row warpgroup tiles
   assert backend(300, 192) == "xla"  # N not a multiple of 2 x 64
   assert backend(300, 256, jnp.float16) == "xla"
+  monkeypatch.setattr(w4a16_mod, "HOPPER_MIN_M", None)
+  assert backend(300, 256) == "xla"
+
+
+def test_pick_config():
+  """Every config pick_config returns fits the shape it was picked for and shared memory."""
+  from mixq_jax.pallas_kernels.w4a16_matmul_hopper import fit_stages, pick_config, supported  # noqa: PLC0415
+
+  for m in (1, 16, 17, 33, 64, 65, 256, 300, 2048, 4096):
+    for n, kp in ((4096, 4096), (11008, 4096), (4096, 11008), (1024, 8192), (384, 640), (28672, 8192)):
+      cfg = pick_config(m, n, kp, 128)
+      assert supported(n, kp, 128, cfg), (m, n, kp, cfg)
+      assert fit_stages(cfg).stages >= 2
+      if m <= 64:  # decode: the token tile covers m, and K splits fill the SMs where the groups allow
+        assert cfg.tile_m >= min(m, 16) and cfg.tile_m <= 64
+        assert (kp // 128) % cfg.split_k == 0
+  assert pick_config(16, 4096, 4096, 128).split_k * 32 >= 132
 
 
 def test_fit_stages():
