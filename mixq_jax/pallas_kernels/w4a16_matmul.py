@@ -35,7 +35,8 @@ from mixq_jax.pallas_kernels.xla_matmuls import w4a16_matmul_xla
 
 _STATIC = ("out_dtype", "interpret", "config")
 
-# On sm_90 (no explicit config), products of more than this many tokens run XLA's program: W dequantized
+# On sm_90 (no explicit config) where the Mosaic GPU kernel below does not take the product (fp16 x, N not a
+# multiple of 128), products of more than this many tokens run XLA's program: W dequantized
 # to x.dtype by XLA, then its 16-bit GEMM (xla_matmuls.w4a16_matmul_xla; W rounded as this kernel's
 # large-M path rounds it). H100, 2026-12-06 (BENCHMARKS.md, issue 8), us, this kernel against XLA's:
 # M = 32: 30.3 / 36.9 (4096 x 4096), 61.3 / 145.9 (8192 x 8192); M = 64: 46.5 / 39.4, 93.6 / 146.7;
@@ -43,11 +44,12 @@ _STATIC = ("out_dtype", "interpret", "config")
 # From M = 65 on this kernel runs 128-row tiles, so M = 128's times hold there.
 TRITON_MAX_M = 64
 # From this many tokens on sm_90, bf16 products whose shape fits run the Mosaic GPU kernel
-# (w4a16_matmul_hopper.py, config from its pick_config) instead of XLA's program; None: never. H100,
-# 2026-12-06 23:03 UTC (BENCHMARKS.md, issue 8), ratio to bf16, XLA's program -> the kernel: M = 128:
-# 0.54x -> 0.60x (4096 x 4096); M = 256: 0.39x -> 0.78x (8192 x 8192); M = 1024: 0.60-0.65x -> 0.76-0.83x;
-# M = 2048: 0.69-0.79x -> 0.83-0.91x; M = 4096: 0.77x -> 0.82x. From M = 65 the kernel pads to 128 tokens.
-HOPPER_MIN_M = TRITON_MAX_M + 1
+# (w4a16_matmul_hopper.py, config from its pick_config: K split at M <= 64) instead of the Triton kernel or
+# XLA's program; None: never. Ratio to bf16, the kernel against the best of the others: H200, 2026-12-06
+# 23:36 UTC: M = 16: 0.96-1.78x against Triton's 1.37-2.29x (so M <= 16 stays Triton); M = 32: 1.07-1.49x
+# against 0.56-0.91x; M = 64: 1.02-1.25x against 0.52-0.54x. H100, 23:03 UTC: M = 128: 0.60x against 0.54x;
+# M = 256: 0.78x against 0.39x (8192 x 8192); M = 512-4096: 0.76-0.91x against 0.49-0.81x.
+HOPPER_MIN_M = 17
 
 
 def _check(x, w_q, scale, zero, bias):
@@ -84,12 +86,12 @@ def w4a16_matmul(
   """Pallas int4 (asymmetric, grouped) weight x 16-bit activation GEMM; on sm_90 without an explicit
   config, from M = TRITON_MAX_M + 1 the Mosaic GPU kernel where the shape fits, else XLA's program."""
   m, _, kp = _check(x, w_q, scale, zero, bias)
-  if m > TRITON_MAX_M and on_hopper(interpret, config):
+  if on_hopper(interpret, config) and HOPPER_MIN_M is not None and m >= HOPPER_MIN_M and x.dtype == jnp.bfloat16:
     n, group = w_q.shape[0], kp // scale.shape[0]
     cfg = hopper_config(m, n, kp, group, device_sm_count())
-    if (HOPPER_MIN_M is not None and m >= HOPPER_MIN_M and x.dtype == jnp.bfloat16
-        and hopper_supported(n, kp, group, cfg)):
+    if hopper_supported(n, kp, group, cfg):
       return w4a16_matmul_hopper(x, w_q, scale, zero, bias, out_dtype=out_dtype, config=cfg)
+  if m > TRITON_MAX_M and on_hopper(interpret, config):
     return w4a16_matmul_xla(x, w_q, scale, zero, bias, out_dtype=out_dtype)
   plan = _Plan(xmode="f16", wmode="asym", has_sx=False, has_sw=False, has_zp=False,
                has_bias=bias is not None, has_outliers=False)

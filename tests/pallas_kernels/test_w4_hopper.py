@@ -92,7 +92,7 @@ def test_w4a4o16(asym):
 
 def test_dispatch(monkeypatch):
   """On sm_90: w4a8 (per-channel and g128) runs the Triton kernel below M = 1024 and the Mosaic GPU
-  kernel from there, mx from M = 256 XLA's program, w4a16 above M = 64 its Mosaic GPU kernel; elsewhere the Triton
+  kernel from there, mx from M = 256 XLA's program, w4a16 above M = 16 its Mosaic GPU kernel; elsewhere the Triton
   kernels (checked on the lowered program, so it runs on the CPU too)."""
   hopper_mod = importlib.import_module("mixq_jax.pallas_kernels.w8a8_matmul_hopper")
   monkeypatch.setattr(hopper_mod, "is_hopper", lambda: True)
@@ -120,7 +120,7 @@ def test_dispatch(monkeypatch):
     text = lowered(lambda *a: mx_matmul(*a), x_e, x_s, wq)
     assert (backend in text) if backend else ("triton" not in text and "mosaic_gpu" not in text)
   wa, sa, za = quantize_w4_asym(jax.random.normal(kw, (n, k)))
-  for m, backend in ((1, "triton"), (64, "triton"), (65, "mosaic_gpu"), (1024, "mosaic_gpu")):
+  for m, backend in ((1, "triton"), (16, "triton"), (17, "mosaic_gpu"), (64, "mosaic_gpu"), (1024, "mosaic_gpu")):
     x = jax.random.normal(kt, (m, k), jnp.bfloat16)
     text = lowered(lambda *a: w4a16_matmul(*a), x, wa, sa, za)
     assert (backend in text) if backend else ("triton" not in text and "mosaic_gpu" not in text)
