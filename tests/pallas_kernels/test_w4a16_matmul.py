@@ -82,7 +82,8 @@ def test_w4a16_default_config_bf16_out():
   w_q, s, z = quantize_w4_asym(jax.random.normal(kw, (128, 256)))
   got = w4a16_matmul(x, w_q, s, z, interpret=INTERPRET)
   assert got.dtype == jnp.bfloat16
-  assert rel_err(got, w4a16_matmul_reference(x, w_q, s, z)) < 4e-3
+  # on sm_90 M = 20 runs the Mosaic GPU kernel, which rounds W to bf16 before the bf16 output rounding
+  assert rel_err(got, w4a16_matmul_reference(x, w_q, s, z)) < 8e-3
 
 
 def test_w4a16_errors():
