@@ -1,4 +1,5 @@
-"""w4a16 at prefill sizes on sm_90: the Mosaic GPU kernel (w4a16_matmul_hopper, several configs) against
+"""(As run on 2026-12-06 23:02 UTC; `inflight` was removed from W4A16HopperConfig after this run showed it wrong.)
+w4a16 at prefill sizes on sm_90: the Mosaic GPU kernel (w4a16_matmul_hopper, several configs) against
 XLA's program (current, and W formed in logical order) and XLA bf16, same process.
   python .devassets/w4h_bench.py OUT.json [--quick] [--budget S]
 """

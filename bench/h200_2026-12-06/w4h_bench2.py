@@ -1,4 +1,5 @@
-"""w4a16 Mosaic GPU kernel: decode sizes with split-K (M = 1, 16, 32, 64) and more prefill configs, against
+"""(As run on 2026-12-06 23:36 UTC; pick_config's split rule changed after this run, see BENCHMARKS.md.)
+w4a16 Mosaic GPU kernel: decode sizes with split-K (M = 1, 16, 32, 64) and more prefill configs, against
 XLA bf16, the current dispatch (Triton / XLA's program) in the same process.
   python .devassets/w4h_bench2.py OUT.json [--budget S] [--parts dcp]
 """
