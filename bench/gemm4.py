@@ -353,9 +353,8 @@ def dispatch(kind, m, n, k):
     return ("xla: decode + bf16 GEMM", None) if m >= sys.modules["mixq_jax.pallas_kernels.mx_matmul"].XLA_MIN_M else triton
   if base == "w4a16":  # g128 (make_set), bf16 x: the wrapper's rule
     mod = sys.modules["mixq_jax.pallas_kernels.w4a16_matmul"]
-    kp = -(-k // 128) * 128
-    wcfg = mod.hopper_config(m, n, kp, 128, mod.device_sm_count())
-    if mod.HOPPER_MIN_M is not None and m >= mod.HOPPER_MIN_M and mod.hopper_supported(n, kp, 128, wcfg):
+    wcfg = mod.hopper_route(m, n, -(-k // 128) * 128, 128, jnp.bfloat16)
+    if wcfg is not None:
       return "mosaic: w4a16_matmul_hopper", dataclasses.asdict(wcfg)
     return triton if m <= mod.TRITON_MAX_M else ("xla: dequantize + bf16 GEMM", None)
   if base not in ("w4a8", "w4a8g", "w4a4o16", "w4a4o16q"):

@@ -14,8 +14,9 @@ correction and the scaling are float32; the reference does the same algebra in f
 so the two differ only by float32 summation order before the final cast. (A kernel that rounded
 the dequantized W to bf16 first, as AWQ's CUDA kernels do, would differ from both by ~2^-9.)
 Tuned for decode (M <= 16, split-K), correct for any M; any K (padded), N a multiple of 16. On sm_90
-above TRITON_MAX_M tokens the wrapper runs the Mosaic GPU kernel `w4a16_matmul_hopper` (bf16 x, N a
-multiple of 128) or else XLA's dequantize-then-GEMM program (both faster there).
+from HOPPER_MIN_M tokens the wrapper runs the Mosaic GPU kernel `w4a16_matmul_hopper` (bf16 x, N a
+multiple of 128), and above TRITON_MAX_M tokens otherwise XLA's dequantize-then-GEMM program (both faster
+there).
 """
 
 import functools
@@ -29,7 +30,7 @@ from mixq_jax.pallas_kernels.configs import KernelConfig
 from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, from_asym_storage_order, unpack_int4
 from mixq_jax.pallas_kernels.w4a16_matmul_hopper import pick_config as hopper_config
 from mixq_jax.pallas_kernels.w4a16_matmul_hopper import supported as hopper_supported
-from mixq_jax.pallas_kernels.w4a16_matmul_hopper import w4a16_matmul_hopper
+from mixq_jax.pallas_kernels.w4a16_matmul_hopper import W4A16HopperConfig, w4a16_matmul_hopper
 from mixq_jax.pallas_kernels.w8a8_matmul_hopper import device_sm_count, on_hopper
 from mixq_jax.pallas_kernels.xla_matmuls import w4a16_matmul_xla
 
@@ -50,6 +51,15 @@ TRITON_MAX_M = 64
 # against 0.56-0.91x; M = 64: 1.02-1.25x against 0.52-0.54x. H100, 23:03 UTC: M = 128: 0.60x against 0.54x;
 # M = 256: 0.78x against 0.39x (8192 x 8192); M = 512-4096: 0.76-0.91x against 0.49-0.81x.
 HOPPER_MIN_M = 17
+
+
+def hopper_route(m: int, n: int, kp: int, group: int, dtype) -> W4A16HopperConfig | None:
+  """On sm_90 without an explicit config: the Mosaic GPU kernel's config for this product, or None where
+  the Triton kernel (m <= TRITON_MAX_M) or XLA's program runs instead."""
+  if HOPPER_MIN_M is None or m < HOPPER_MIN_M or dtype != jnp.bfloat16:
+    return None
+  cfg = hopper_config(m, n, kp, group, device_sm_count())
+  return cfg if hopper_supported(n, kp, group, cfg) else None
 
 
 def _check(x, w_q, scale, zero, bias):
@@ -84,15 +94,14 @@ def w4a16_matmul(
     config: KernelConfig | None = None,
 ) -> jax.Array:  # [M, N]
   """Pallas int4 (asymmetric, grouped) weight x 16-bit activation GEMM; on sm_90 without an explicit
-  config, from M = TRITON_MAX_M + 1 the Mosaic GPU kernel where the shape fits, else XLA's program."""
-  m, _, kp = _check(x, w_q, scale, zero, bias)
-  if on_hopper(interpret, config) and HOPPER_MIN_M is not None and m >= HOPPER_MIN_M and x.dtype == jnp.bfloat16:
-    n, group = w_q.shape[0], kp // scale.shape[0]
-    cfg = hopper_config(m, n, kp, group, device_sm_count())
-    if hopper_supported(n, kp, group, cfg):
+  config, the Mosaic GPU kernel where `hopper_route` gives one, else above TRITON_MAX_M XLA's program."""
+  m, n, kp = _check(x, w_q, scale, zero, bias)
+  if on_hopper(interpret, config):
+    cfg = hopper_route(m, n, kp, kp // scale.shape[0], x.dtype)
+    if cfg is not None:
       return w4a16_matmul_hopper(x, w_q, scale, zero, bias, out_dtype=out_dtype, config=cfg)
-  if m > TRITON_MAX_M and on_hopper(interpret, config):
-    return w4a16_matmul_xla(x, w_q, scale, zero, bias, out_dtype=out_dtype)
+    if m > TRITON_MAX_M:
+      return w4a16_matmul_xla(x, w_q, scale, zero, bias, out_dtype=out_dtype)
   plan = _Plan(xmode="f16", wmode="asym", has_sx=False, has_sw=False, has_zp=False,
                has_bias=bias is not None, has_outliers=False)
   return w4_matmul(pad_x(x, kp), w_q, plan=plan, kernel="w4a16", scale=scale, zero=zero,

@@ -31,8 +31,8 @@ output tiles alone leave SMs idle).
 
 Timed (BENCHMARKS.md issue 8): 0.76-0.91x of bf16 from M = 512 and 1.1-2.0x faster than XLA's program
 (H100); 1.02-1.49x of bf16 at M = 32-64 with K split, where the Triton kernel ran 0.39-0.91x (H200); slower
-than the Triton decode kernel at M <= 16. `w4a16_matmul` dispatches here from M = 17. Four wgmmas left in flight per step gave wrong results natively,
-so each step waits for its own.
+than the Triton decode kernel at M <= 16. `w4a16_matmul` dispatches here from M = 17. Four wgmmas left in
+flight per step gave wrong results natively, so each step waits for its own.
 
 Limits (the wrapper `w4a16_matmul` routes elsewhere otherwise): sm_90, bf16 x, N % (2 * tile_n) == 0,
 group a multiple of 128, G % split_k == 0; M is padded to the tile. Runs on CPU in Mosaic GPU interpret mode.
@@ -87,11 +87,12 @@ _SMEM_BYTES = _h._SMEM_BYTES
 
 
 def pick_config(m: int, n: int, kp: int, group: int, sms: int = 132) -> W4A16HopperConfig:
-  """The config the wrapper runs for an [m, kp] x [n, kp] product (H100 / H200 timings in BENCHMARKS.md, issue 8).
+  """The config the wrapper runs for an [m, kp] x [n, kp] product (H100 / H200 timings: BENCHMARKS.md,
+  issue 8).
 
   Small m (<= 64; the wrapper sends m <= 16 to its Triton kernel) take the narrowest token tile and split K
-  until the work items reach 1.5 waves of SMs; prefill sizes take 64 x 128 tiles to m = 256, 64 x 256 on large layers to m = 2048, else
-  128 x 128 (64 x 128 where N is not a multiple of 256)."""
+  until the work items reach 1.5 waves of SMs; prefill sizes take 64 x 128 tiles to m = 256, 64 x 256 on
+  large layers to m = 2048, else 128 x 128 (64 x 128 where N is not a multiple of 256)."""
   if m <= 64:
     tm = 16 if m <= 16 else 32 if m <= 32 else 64
     tiles = (n // 128) * -(-m // tm)
