@@ -18,6 +18,8 @@ def pow2_divisor(n: int, cap: int) -> int:
 def check_2d(name: str, a, dtypes) -> None:
   if a.ndim != 2:
     raise ValueError(f"{name} must be 2-D, got {name}.shape={a.shape}")
+  if a.shape[0] == 0:  # a grid of zero programs would not run, and the error would not say why
+    raise ValueError(f"{name}.shape={a.shape}: no rows (M = 0 tokens); call with at least one")
   if jnp.dtype(a.dtype) not in [jnp.dtype(d) for d in dtypes]:
     raise ValueError(f"{name}.dtype={a.dtype} not in {[str(jnp.dtype(d)) for d in dtypes]}")
 

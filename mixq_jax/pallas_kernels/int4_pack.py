@@ -218,10 +218,11 @@ def quantize_w4_sym(w: jax.Array):
 
 @functools.partial(jax.jit, static_argnames=("group",))
 def quantize_w4_qqq_g128(w: jax.Array, group: int = 128):
-  """QQQ two-level g128: w ~ s_ch[n] * s_g[g, n] * q4 with q4 in [-8, 7] and s_g an integer in
-  [1, 15], so q4 * s_g is an exact int8 in [-120, 120] (the kernel forms it in registers).
+  """QQQ two-level g128: w ~ s_ch[n] * s_g[n, g] * q4 with q4 in [-8, 7] and s_g an integer in
+  [1, 15], so q4 * s_g is an exact int8 in [-120, 105] (the kernel forms it in registers).
 
-  w [N, K] -> (w_q [N, Kp/2] int8 packed, s_g [G, N] int8, s_ch [N] f32).
+  w [N, K] -> (w_q [N, Kp/2] int8 packed, s_g [N, G] int8, s_ch [N] f32): s_g in the layout
+  `w4a8_matmul(..., s_g=s_g)` takes.
   """
   if group != PACK_BLOCK:
     raise ValueError(f"{group=}: the w4a8 g128 kernel applies one group per pack block of "
@@ -233,16 +234,50 @@ def quantize_w4_qqq_g128(w: jax.Array, group: int = 128):
   s_ch = jnp.max(sg_fp, axis=1) / 15.0  # [N]
   s_g = jnp.clip(jnp.round(sg_fp / s_ch[:, None]), 1, 15)  # [N, G]
   q = jnp.clip(jnp.round(wg / (s_g * s_ch[:, None])[..., None]), -8, 7).reshape(n, kp)
-  return pack_int4(q, signed=True), s_g.T.astype(jnp.int8), s_ch
+  return pack_int4(q, signed=True), s_g.astype(jnp.int8), s_ch
 
 
 @jax.jit
-def row_sums(w_q: jax.Array) -> jax.Array:
-  """Sum over K of the unpacked int4 weights: [N, Kp/2] -> [N] int32 (QUIK's zero-point term)."""
-  return jnp.sum(unpack_int4(w_q).astype(jnp.int32), axis=1)
+def row_sums(w_q: jax.Array, outlier_idx: jax.Array | None = None,
+             outlier_count: jax.Array | None = None) -> jax.Array:
+  """Sum over K of the unpacked int4 weights: [N, Kp/2] -> [N] int32 (QUIK's zero-point term).
+
+  With an outlier set (idx [C] int32, count: slots >= count ignored) the outlier columns are left
+  out: their activations travel in 16 bits (`quantize_act4_outliers`), so the int4 product must not
+  see x's zero point m_x there either."""
+  w = unpack_int4(w_q).astype(jnp.int32)  # [N, Kp]
+  total = jnp.sum(w, axis=1)
+  if outlier_idx is None or outlier_idx.shape[0] == 0:
+    return total
+  valid = jnp.arange(outlier_idx.shape[0]) < outlier_count
+  return total - jnp.sum(jnp.where(valid[None, :], w[:, jnp.where(valid, outlier_idx, 0)], 0), axis=1)
 
 
 # ---------------------------------------------------------------- activation quantizers (XLA)
+
+
+def _act4(xf, is_out, asym: bool):
+  """x [M, K] f32, is_out [K] bool | None -> (x_q packed, s_x, m_x | None); outlier columns are
+  left out of the range and get q = 0."""
+  kp = padded_k(xf.shape[1])
+  keep = None if is_out is None else ~is_out[None, :]
+  if asym:
+    lo = jnp.min(xf if keep is None else jnp.where(keep, xf, jnp.inf), axis=1)
+    hi = jnp.max(xf if keep is None else jnp.where(keep, xf, -jnp.inf), axis=1)
+    lo, hi = jnp.minimum(lo, hi), jnp.maximum(lo, hi)  # a row with every column an outlier: 0 range
+    s = jnp.maximum(hi - lo, 1e-5) / 15.0
+    q = jnp.clip(jnp.round((xf - lo[:, None]) / s[:, None]), 0, 15)
+    # Padded (and outlier) columns get q = 0, which decodes to m_x, not 0: the kernel's zero-point
+    # term m_x * s_w * wsum only sees weight columns in wsum (`row_sums`), and padded weight
+    # columns are q = 0, outlier ones left out of wsum, so they contribute nothing.
+  else:
+    s = jnp.maximum(jnp.max(jnp.abs(xf) if keep is None else jnp.where(keep, jnp.abs(xf), 0.0), axis=1),
+                    1e-5) / 7.0
+    q = jnp.clip(jnp.round(xf / s[:, None]), -8, 7)
+    lo = None
+  if keep is not None:
+    q = jnp.where(keep, q, 0.0)
+  return pack_int4(pad_k(q, kp), signed=not asym), s, lo
 
 
 @functools.partial(jax.jit, static_argnames=("asym",))
@@ -253,17 +288,26 @@ def quantize_act4(x: jax.Array, *, asym: bool = False):
   (s_x = amax / 7);  asym (QUIK): (x_q uint8, s_x, m_x [M] f32), x ~ s_x q + m_x, q in [0, 15].
   Rounding is round-half-even (jnp.round).
   """
+  return _act4(x.astype(jnp.float32), None, asym)
+
+
+@functools.partial(jax.jit, static_argnames=("asym",))
+def quantize_act4_outliers(x: jax.Array, outlier_idx: jax.Array, outlier_count: jax.Array, *,
+                           asym: bool = False):
+  """`quantize_act4` with MixQ-4 / QUIK's 16-bit outlier columns split off (XLA; one fusion).
+
+  x [M, K] 16-bit, outlier_idx [C] int32 (fixed capacity; slots >= outlier_count ignored) ->
+  (x_q, s_x, m_x | None, x_o [M, C] x.dtype) for `w4a4o16_matmul`: the outlier columns are left out
+  of each row's range and quantized to q = 0, and x_o holds them unrounded (slots past the count are
+  0). With w_o = W[:, idx] in 16 bits the kernel then computes the int4 product over the other
+  columns plus x_o w_o^T, each column counted once. For asym, pass
+  `row_sums(w_q, outlier_idx, outlier_count)` as wsum.
+  """
   m, k = x.shape
-  kp = padded_k(k)
-  xf = x.astype(jnp.float32)
-  if asym:
-    lo = jnp.min(xf, axis=1)
-    hi = jnp.max(xf, axis=1)
-    s = jnp.maximum(hi - lo, 1e-5) / 15.0
-    q = jnp.clip(jnp.round((xf - lo[:, None]) / s[:, None]), 0, 15)
-    # Padded columns must decode to 0 contribution: the kernel pads with q = 0 and the zero-point
-    # term uses sums over the real columns only, so padding q with 0 is right.
-    return pack_int4(pad_k(q, kp), signed=False), s, lo
-  s = jnp.maximum(jnp.max(jnp.abs(xf), axis=1), 1e-5) / 7.0
-  q = jnp.clip(jnp.round(xf / s[:, None]), -8, 7)
-  return pack_int4(pad_k(q, kp), signed=True), s, None
+  c = outlier_idx.shape[0]
+  valid = jnp.arange(c) < outlier_count  # [C]
+  safe = jnp.where(valid, outlier_idx, 0)
+  is_out = jnp.zeros((k,), bool).at[safe].max(valid)  # [K]
+  x_q, s, lo = _act4(x.astype(jnp.float32), is_out, asym)
+  x_o = jnp.where(valid[None, :], x[:, safe], 0).astype(x.dtype)  # [M, C]
+  return x_q, s, lo, x_o

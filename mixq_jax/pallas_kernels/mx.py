@@ -8,7 +8,8 @@ Per block of BLOCK = 32 consecutive values along K:
 
     scale exponent  e = ceil(log2(amax / elem_max))   (the smallest e with amax <= elem_max * 2^e;
                          computed exactly with integer exponent arithmetic, clamped to [-127, 127];
-                         an all-zero block gets e = -127). E8M0 code = e + 127 (255 = NaN, unused).
+                         an all-zero block gets e = -127). E8M0 code = e + 127; a block holding a NaN
+                         or an Inf gets code 255 (NaN), so it decodes to NaN, not to finite values.
     element         v = x / 2^e  (exact: a power-of-two scaling), rounded to the element format
                          with round-to-nearest-even, subnormals kept, clamped to +-elem_max.
 
@@ -139,10 +140,13 @@ def mx_encode(x: jax.Array, fmt, scale_rule: str = "ceil"):
   kb = padded_k(k, BLOCK)
   xf = pad_k(x.astype(jnp.float32), kb)
   xb = xf.reshape(*xf.shape[:-1], kb // BLOCK, BLOCK)
-  e = scale_exponents(jnp.max(jnp.abs(xb), axis=-1), f, scale_rule)  # [..., Kb/32]
-  r = round_to_format(jnp.ldexp(xb, -e[..., None]), f)
+  amax = jnp.max(jnp.abs(xb), axis=-1)  # [..., Kb/32]
+  bad = ~jnp.isfinite(amax)  # a NaN or Inf in the block
+  e = scale_exponents(jnp.where(bad, 0.0, amax), f, scale_rule)
+  r = round_to_format(jnp.ldexp(jnp.where(bad[..., None], 0.0, xb), -e[..., None]), f)
   codes = values_to_codes(r, f).reshape(xf.shape)
-  return codes, (e + E8M0_BIAS).astype(jnp.uint8)
+  # OCP: a NaN scale (E8M0 0xFF) makes the whole block decode to NaN; a finite scale would hide it.
+  return codes, jnp.where(bad, 255, e + E8M0_BIAS).astype(jnp.uint8)
 
 
 def scales_to_f32(s: jax.Array) -> jax.Array:
@@ -169,6 +173,23 @@ def fake_quantize(x: jax.Array, fmt, scale_rule: str = "ceil") -> jax.Array:
 
 
 # ---------------------------------------------------------------- kernel-facing layouts
+
+
+def mixed_channel_order(act_amax: jax.Array, k6: int) -> jax.Array:
+  """Input-channel order for a mixed MXFP4 / MXFP6 layer (MicroMix / MXQuant keep the channels
+  with the largest activations at higher precision).
+
+  act_amax [K] (calibration |x| max per input channel) -> perm [K] int32: the other channels in
+  their order, then the k6 largest in their order. Quantize w[:, perm] with `mx_quantize_weight(.., k6)`
+  and feed x[:, perm] to `mx_quantize_act(.., k6)` (or fold perm into the layer that produces x);
+  x[:, perm] @ w[:, perm].T is x @ w.T.
+  """
+  k = act_amax.shape[0]
+  if not 0 <= k6 <= k:
+    raise ValueError(f"{k6=} must be in [0, K={k}]")
+  top = jnp.argsort(-act_amax.astype(jnp.float32), stable=True)[:k6]
+  last = jnp.zeros((k,), bool).at[top].set(True)
+  return jnp.argsort(last, stable=True).astype(jnp.int32)
 
 
 class MXWeights(NamedTuple):

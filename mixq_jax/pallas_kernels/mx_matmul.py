@@ -241,12 +241,14 @@ def _mx_kernel(x_ref, xs_ref, w4_ref, s4_ref, w6_ref, s6_ref, o_ref, *, nb4, nb6
 
 def _default_use_fp8() -> bool:
   # Measured on H100 (BENCHMARKS.md, issue 8): the FP8 path ran at 0.55x of bf16 at M = 16 and
-  # 0.09x at M = 1024. Its dots then compiled to mma.sync on converted operands, not FP8 wgmma,
-  # and spilled registers (JAX left Triton's maxNumImpreciseAcc at 0; `_triton.allow_fp8_wgmma`
-  # now sets it, and the sm_90 code is QGMMA with no spill, not yet timed). A K = 32 MMA per scale
-  # block whose result must be scaled before it is added still keeps a second [bm, bn] accumulator
-  # live. Until the FP8 path is measured faster, the default is the bf16 path (exact operands,
-  # in-place accumulation); use_fp8=True stays available (needs compute capability >= 8.9).
+  # 0.09x at M = 1024 while its dots compiled to mma.sync on converted operands and spilled (JAX
+  # left Triton's maxNumImpreciseAcc at 0). With `_triton.allow_fp8_wgmma` the sm_90 code is QGMMA
+  # (FP8 wgmma) with no spill, and still the slowest path: 5011 us (0.15x) at 8192 x 8192, M = 4096,
+  # against 3788 us for the 16-bit path and 942 us for XLA's program (2026-12-05). Each K = 32 MMA
+  # result must be scaled by 2^(ex + ew) before it is added, two FMAs per accumulator element every
+  # 32 columns, which costs more than the FP8 MMA saves (Blackwell's block-scaled MMA removes that
+  # step). So the default is the 16-bit path (exact operands); use_fp8=True stays available
+  # (compute capability >= 8.9) for comparison.
   return False
 
 

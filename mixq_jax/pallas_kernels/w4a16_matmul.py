@@ -5,14 +5,19 @@ Shape letters: M tokens, N output features, K input features, Kp = K padded to 1
     W[n, k] = (q[n, k] - zero[g, n]) * scale[g, n],   g = k // group,  q in [0, 15]
     y = x @ W.T (+ bias)
 
-Weights come from `int4_pack.quantize_w4_asym` (layout and padding there). In registers the
-kernel converts q to 16-bit (exact) and computes per group acc += scale * (x.q - sum(x) * zero)
-on the float32 accumulator (see `_w4_common`), which is algebraically the dequantized product.
+Weights come from `int4_pack.quantize_w4_asym` (layout and padding there). x must have the K the
+weights were quantized from (Kp is K padded to the group). Which program runs, and how it rounds:
 
-Exact vs rounded: q, zero and the products x * q are exact; the group partial sums, the zero
-correction and the scaling are float32; the reference does the same algebra in float32 HIGHEST,
-so the two differ only by float32 summation order before the final cast. (A kernel that rounded
-the dequantized W to bf16 first, as AWQ's CUDA kernels do, would differ from both by ~2^-9.)
+* Decode (the Triton kernel with block_m < 64: M <= 16 on sm_90, and small M elsewhere): q is converted
+  to 16-bit (exact) and per group acc += scale * (x.q - sum(x) * zero) on the float32 accumulator (see
+  `_w4_common`), algebraically the dequantized product. q, zero and the products x * q are exact; the
+  group partial sums, the zero correction and the scaling are float32. The reference does the same
+  algebra in float32 HIGHEST, so the two differ only by float32 summation order before the final cast.
+* Larger M: the Triton kernel with block_m >= 64, the sm_90 Mosaic GPU kernel (`w4a16_matmul_hopper`,
+  from HOPPER_MIN_M tokens) and XLA's program (`xla_matmuls.w4a16_matmul_xla`) all form
+  W = (q - zero) * scale rounded to x.dtype once (q - zero exact), as AWQ's CUDA kernels do, then a
+  16-bit MMA with float32 accumulation. These differ from the reference by W's rounding, about 2^-9
+  relative per weight for bf16 (the tests allow for it).
 Tuned for decode (M <= 16, split-K), correct for any M; any K (padded), N a multiple of 16. On sm_90
 from HOPPER_MIN_M tokens the wrapper runs the Mosaic GPU kernel `w4a16_matmul_hopper` (bf16 x, N a
 multiple of 128), and above TRITON_MAX_M tokens otherwise XLA's dequantize-then-GEMM program (both faster
@@ -25,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from mixq_jax.pallas_kernels import _shapes
-from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, pad_x, w4_matmul
+from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, check_x_k, pad_x, w4_matmul
 from mixq_jax.pallas_kernels.configs import KernelConfig
 from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, from_asym_storage_order, unpack_int4
 from mixq_jax.pallas_kernels.w4a16_matmul_hopper import pick_config as hopper_config
@@ -67,15 +72,14 @@ def _check(x, w_q, scale, zero, bias):
   if w_q.dtype != jnp.uint8:
     raise ValueError(f"w_q.dtype={w_q.dtype}: asymmetric int4 weights are packed as uint8")
   n, kp = check_packed_w(w_q)
-  m, k = x.shape
-  if k > kp:
-    raise ValueError(f"x.shape={x.shape} has K={k} > padded weight K={kp} (w_q.shape={w_q.shape})")
   g = scale.shape[0]
   if scale.shape != (g, n) or zero.shape != (g, n) or g == 0 or kp % g:
     raise ValueError(f"scale.shape={scale.shape}, zero.shape={zero.shape}; expected (G, {n}) "
                      f"with G dividing Kp={kp}")
   if (kp // g) % PACK_BLOCK:
     raise ValueError(f"group={kp // g} must be a multiple of {PACK_BLOCK}")
+  check_x_k("x", x.shape, kp, kp // g)  # quantize_w4_asym pads K to the group
+  m = x.shape[0]
   if bias is not None:
     _shapes.check_vec("bias", bias, n)
   return m, n, kp

@@ -9,10 +9,12 @@ C outlier capacity.
                              + x_o @ w_o.T (+ bias),   wsum[n] = sum_k q_w[n, k] (int32)
 
 Hopper has no int4 tensor cores: both operands stay packed in memory (`int4_pack` layout; x from
-`int4_pack.quantize_act4`, weights from `quantize_w4_sym`) and are unpacked to int8 in registers
+`int4_pack.quantize_act4_outliers`, weights from `quantize_w4_sym`) and are unpacked to int8 in registers
 for the int8 MMA. The int32 accumulator is exact; the outlier product is a 16-bit MMA with
 float32 accumulation fused in the same output tile, as in `w8a8o16_matmul`. Outlier slots at
-positions >= outlier_count are ignored (may hold garbage).
+positions >= outlier_count are ignored (may hold garbage). With the symmetric form the int4 weight
+keeps every column (the outlier columns of x_q are 0); with the asymmetric form wsum must leave the
+outlier columns out (`int4_pack.row_sums(w_q, idx, count)`), since q = 0 decodes to m_x there.
 """
 
 import functools

@@ -7,7 +7,7 @@ Shape letters: M tokens, N output features, K input features, Kp = K padded to 1
 
 q4 in [-8, 7] (packed, `int4_pack` layout) is sign-extended to int8 in registers; in the g128
 variant it is multiplied by the integer group scale s_g in [1, 15] (QQQ's second level), giving
-an exact int8 in [-120, 120]. The int8 x int8 MMA accumulates exactly in int32 (bit-exact with the
+an exact int8 in [-120, 105]. The int8 x int8 MMA accumulates exactly in int32 (bit-exact with the
 reference); only the float32 epilogue rounds. x_q, s_x come from `quantize_act` (int8 per token);
 x_q may have K columns (the kernel pads it to Kp with zeros).
 """
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from mixq_jax.pallas_kernels import _shapes, w4_hopper
-from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, pad_x, w4_matmul
+from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, check_x_k, pad_x, w4_matmul
 from mixq_jax.pallas_kernels.configs import KernelConfig
 from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, unpack_int4
 from mixq_jax.pallas_kernels.w8a8_matmul import _NT, dequant_epilogue, hopper_config
@@ -38,8 +38,7 @@ def _check(x_q, s_x, w_q, s_w, bias, s_g=None):
     raise ValueError(f"w_q.dtype={w_q.dtype}: symmetric int4 weights are packed as int8")
   n, kp = check_packed_w(w_q)
   m, k = x_q.shape
-  if k > kp:
-    raise ValueError(f"x_q.shape={x_q.shape} has K={k} > padded weight K={kp}")
+  check_x_k("x_q", x_q.shape, kp)
   _shapes.check_vec("s_x", s_x, m, jnp.float32)
   _shapes.check_vec("s_w", s_w, n, jnp.float32)
   if s_g is not None and (s_g.shape != (n, kp // PACK_BLOCK) or s_g.dtype != jnp.int8):

@@ -48,8 +48,7 @@ def w4a8_exact_case(m, n, k, grouped):
   x = rand_int8(kx, (m, k))
   w = jax.random.normal(kw, (n, k))
   if grouped:
-    w_q, s_g, _ = quantize_w4_qqq_g128(w)
-    s_g = s_g.T  # [N, G]
+    w_q, s_g, _ = quantize_w4_qqq_g128(w)  # s_g [N, G]
     w8 = (unpack_int4(w_q).reshape(n, -1, 128) * s_g[:, :, None]).reshape(n, -1)
   else:
     (w_q, _), s_g = quantize_w4_sym(w), None

@@ -92,6 +92,12 @@ def test_w4a16_errors():
     w4a16_matmul(jnp.ones((2, 384), jnp.bfloat16), w_q, s, z)
   with pytest.raises(ValueError, match="uint8"):
     w4a16_matmul(jnp.ones((2, 256), jnp.bfloat16), w_q.astype(jnp.int8), s, z)
+  with pytest.raises(ValueError, match="K=100"):  # shorter than the K the weights came from
+    w4a16_matmul(jnp.ones((2, 100), jnp.bfloat16), w_q, s, z)
+  w_q, s, z = quantize_w4_asym(jnp.ones((32, 300)), group=256)  # Kp = 512
+  assert w4a16_matmul_reference(jnp.ones((2, 300), jnp.bfloat16), w_q, s, z).shape == (2, 32)
+  with pytest.raises(ValueError, match=r"K=250.*\(256, 512\]"):
+    w4a16_matmul(jnp.ones((2, 250), jnp.bfloat16), w_q, s, z)
 
 
 @pytest.mark.parametrize("magic_dequant", [True, False])

@@ -73,7 +73,6 @@ def test_w4a8_epilogue(grouped):
   w = jax.random.normal(kw, (n, k))
   if grouped:
     w_q, s_g, s_w = quantize_w4_qqq_g128(w)
-    s_g = s_g.T
   else:
     (w_q, s_w), s_g = quantize_w4_sym(w), None
   b = jax.random.normal(kb, (n,), jnp.bfloat16)
@@ -89,3 +88,5 @@ def test_w4a8_errors():
     w4a8_matmul(x, jnp.ones((2,)), w_q, s_w, s_g=jnp.ones((32, 3), jnp.int8))
   with pytest.raises(ValueError, match="K=512"):
     w4a8_matmul(jnp.ones((2, 512), jnp.int8), jnp.ones((2,)), w_q, s_w)
+  with pytest.raises(ValueError, match="K=100"):
+    w4a8_matmul(jnp.ones((2, 100), jnp.int8), jnp.ones((2,)), w_q, s_w)

@@ -66,6 +66,25 @@ def test_w8a8o16(m, count):
     assert rel_err(base, want) > 1e-2
 
 
+@pytest.mark.parametrize("m,count", [(7, 5), (33, 16)])
+def test_w8a8o16_accumulator_bit_exact(m, count):
+  """Unit scales, float32 out and small-integer outliers: the int32 product and the outlier product
+  are both exact in float32, so the kernel must match to the bit."""
+  n, k, c = 96, 160, 16
+  kx, kw, ko, kp = keys(4)
+  x, w = rand_int8(kx, (m, k)), rand_int8(kw, (n, k))
+  x_o = jax.random.randint(ko, (m, c), -4, 5).astype(jnp.bfloat16)
+  w_o = jax.random.randint(kp, (n, c), -4, 5).astype(jnp.bfloat16)
+  w_o = w_o.at[:, count:].set(jnp.nan) if count < c else w_o
+  ones_m, ones_n = jnp.ones((m,), jnp.float32), jnp.ones((n,), jnp.float32)
+  got = w8a8o16_matmul(x, ones_m, w, ones_n, x_o, w_o, jnp.int32(count), out_dtype=jnp.float32,
+                       interpret=INTERPRET, config=SMALL)
+  acc = jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
+  out = jax.lax.dot_general(x_o[:, :count].astype(jnp.int32), w_o[:, :count].astype(jnp.int32),
+                            (((1,), (1,)), ((), ())))
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(acc + out, np.float32))
+
+
 def test_w8a8o16_odd_capacity():
   """C not a power of two is padded inside the wrapper."""
   m, n, k, c = 9, 64, 64, 12
@@ -87,5 +106,7 @@ def test_errors():
   with pytest.raises(ValueError, match="disagree on K"):
     w8a8_matmul(jnp.ones((4, 32), jnp.int8), jnp.ones((4,)), jnp.ones((32, 64), jnp.int8),
                 jnp.ones((32,)))
+  with pytest.raises(ValueError, match="M = 0"):
+    w8a8_matmul(jnp.ones((0, 32), jnp.int8), jnp.ones((0,)), jnp.ones((32, 32), jnp.int8), jnp.ones((32,)))
   with pytest.raises(ValueError, match="x_q.dtype"):
     w8a8_matmul(jnp.ones((4, 32)), jnp.ones((4,)), jnp.ones((32, 32), jnp.int8), jnp.ones((32,)))
