@@ -264,7 +264,7 @@ def _act4(xf, is_out, asym: bool):
   if asym:
     lo = jnp.min(xf if keep is None else jnp.where(keep, xf, jnp.inf), axis=1)
     hi = jnp.max(xf if keep is None else jnp.where(keep, xf, -jnp.inf), axis=1)
-    lo, hi = jnp.minimum(lo, hi), jnp.maximum(lo, hi)  # a row with every column an outlier: 0 range
+    lo, hi = jnp.where(lo <= hi, lo, 0.0), jnp.where(lo <= hi, hi, 0.0)  # every column an outlier: range 0
     s = jnp.maximum(hi - lo, 1e-5) / 15.0
     q = jnp.clip(jnp.round((xf - lo[:, None]) / s[:, None]), 0, 15)
     # Padded (and outlier) columns get q = 0, which decodes to m_x, not 0: the kernel's zero-point
