@@ -419,18 +419,8 @@ def check_packed_w(w_q, n_expected=None):
   return n, 2 * kh
 
 
-def check_x_k(name: str, shape, kp: int, unit: int = PACK_BLOCK):
-  """x's K must be the K the weights were quantized from: Kp is K padded up to `unit` (the pack
-  block, or a larger group), so kp - unit < K <= kp. A shorter x would be zero-padded into a wrong
-  product without this check."""
-  k = shape[1]
-  if not kp - unit < k <= kp:
-    raise ValueError(f"{name}.shape={tuple(shape)} has K={k}, but the packed weights were quantized from "
-                     f"K in ({kp - unit}, {kp}] (Kp={kp}, K padded to a multiple of {unit})")
-
-
 def pad_x(x, kp: int, name: str = "x"):
-  """Zero-pad activations [M, K] to the weights' padded Kp (K must round up to Kp, `check_x_k`)."""
+  """Zero-pad activations [M, K] to the weights' padded Kp (K must round up to Kp, `int4_pack.check_x_k`)."""
   k = x.shape[1]
   if k > kp:
     raise ValueError(f"{name}.shape={x.shape} does not match packed weights with Kp={kp}")

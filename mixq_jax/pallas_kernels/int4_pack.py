@@ -49,6 +49,16 @@ def padded_k(k: int, multiple: int = PACK_BLOCK) -> int:
   return -(-k // multiple) * multiple
 
 
+def check_x_k(name: str, shape, kp: int, unit: int = PACK_BLOCK):
+  """x's K must be the K the weights were quantized from: Kp is K padded up to `unit` (the pack
+  block, or a larger group), so kp - unit < K <= kp. A shorter x would be zero-padded into a wrong
+  product without this check."""
+  k = shape[1]
+  if not kp - unit < k <= kp:
+    raise ValueError(f"{name}.shape={tuple(shape)} has K={k}, but the packed weights were quantized from "
+                     f"K in ({kp - unit}, {kp}] (Kp={kp}, K padded to a multiple of {unit})")
+
+
 def pad_k(a: jax.Array, kp: int) -> jax.Array:
   """Zero-pad the last axis of `a` to kp."""
   k = a.shape[-1]

@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 
 from mixq_jax.pallas_kernels import _shapes
-from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, check_x_k, pad_x, w4_matmul
+from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, pad_x, w4_matmul
 from mixq_jax.pallas_kernels.configs import KernelConfig
-from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, from_asym_storage_order, unpack_int4
+from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, check_x_k, from_asym_storage_order, unpack_int4
 from mixq_jax.pallas_kernels.w4a16_matmul_hopper import pick_config as hopper_config
 from mixq_jax.pallas_kernels.w4a16_matmul_hopper import supported as hopper_supported
 from mixq_jax.pallas_kernels.w4a16_matmul_hopper import W4A16HopperConfig, w4a16_matmul_hopper

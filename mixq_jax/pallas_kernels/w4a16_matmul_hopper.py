@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK
+from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, check_x_k
 
 # The module itself: the package re-exports its function of the same name over the attribute.
 _h = importlib.import_module("mixq_jax.pallas_kernels.w8a8_matmul_hopper")
@@ -217,11 +217,10 @@ def w4a16_matmul_hopper(x, w_q, scale, zero, bias=None, *, out_dtype=None,
   kp = 2 * kh
   g = scale.shape[0]
   m, k = x.shape
-  if (not (g and kp - max(kp // g, PACK_BLOCK) < k <= kp) or scale.shape != (g, n) or zero.shape != (g, n)
-      or kp % g):
+  if k > kp or scale.shape != (g, n) or zero.shape != (g, n) or g == 0 or kp % g:
     raise ValueError(f"w4a16_matmul_hopper: x.shape={x.shape}, w_q.shape={w_q.shape}, scale.shape={scale.shape}, "
-                     f"zero.shape={zero.shape}; expected K that pads up to Kp={kp} and scale / zero (G, {n}) "
-                     "with G dividing Kp")
+                     f"zero.shape={zero.shape}; expected K <= Kp={kp} and scale / zero (G, {n}) with G dividing Kp")
+  check_x_k("x", x.shape, kp, max(kp // g, PACK_BLOCK))  # quantize_w4_asym pads K to the group
   if not supported(n, kp, kp // g, config):
     raise ValueError(f"w4a16_matmul_hopper: N={n} must divide by {2 * config.tile_n}, the group {kp // g} by "
                      f"{PACK_BLOCK} and the G={g} groups by split_k={config.split_k}")

@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from mixq_jax.pallas_kernels import _shapes, w4_hopper
-from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, check_x_k, pad_x, w4_matmul
+from mixq_jax.pallas_kernels._w4_common import _Plan, check_packed_w, pad_x, w4_matmul
 from mixq_jax.pallas_kernels.configs import KernelConfig
-from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, unpack_int4
+from mixq_jax.pallas_kernels.int4_pack import PACK_BLOCK, check_x_k, unpack_int4
 from mixq_jax.pallas_kernels.w8a8_matmul import _NT, dequant_epilogue, hopper_config
 from mixq_jax.pallas_kernels.w8a8_matmul_hopper import on_hopper
 
@@ -37,7 +37,7 @@ def _check(x_q, s_x, w_q, s_w, bias, s_g=None):
   if w_q.dtype != jnp.int8:
     raise ValueError(f"w_q.dtype={w_q.dtype}: symmetric int4 weights are packed as int8")
   n, kp = check_packed_w(w_q)
-  m, k = x_q.shape
+  m = x_q.shape[0]
   check_x_k("x_q", x_q.shape, kp)
   _shapes.check_vec("s_x", s_x, m, jnp.float32)
   _shapes.check_vec("s_w", s_w, n, jnp.float32)
